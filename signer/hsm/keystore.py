@@ -1,0 +1,235 @@
+"""Keys, certificates and records on the token.
+
+All objects of one key share a ``CKA_ID`` (DESIGN.md §3.3): the private key, the public key,
+the Document Signer Certificate and the key's lifecycle record. Records (lifecycle, pending
+changes) are ``CKO_DATA`` objects whose ``CKA_APPLICATION`` says what they hold and whose
+``CKA_LABEL`` names them, so every daemon on the same token sees the same state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pkcs11 import Attribute, CertificateType, KeyType, MechanismFlag, ObjectClass, Session
+from pkcs11.exceptions import NoSuchKey, PKCS11Error
+from pkcs11.types import Object, PrivateKey, PublicKey
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from signer.errors import KeyNotFound
+from signer.hsm.mechanisms import P256_CURVE_OID, private_key_template, public_key_template
+from signer.hsm.token import wrap_error
+
+KEY_ID_BYTES = 8
+_GENERATION_BYTES = 8
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """A key pair just created inside the HSM: its identifier and its public half."""
+
+    key_id: str
+    spki_der: bytes
+
+
+def new_key_id() -> bytes:
+    """A fresh random ``CKA_ID``."""
+    return os.urandom(KEY_ID_BYTES)
+
+
+def generate_ec_key(session: Session, label: str, key_id: bytes | None = None) -> GeneratedKey:
+    """Generate an EC P-256 key pair inside the token: sensitive, not extractable, sign only."""
+    cka_id = key_id or new_key_id()
+    try:
+        params = session.create_domain_parameters(
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters(P256_CURVE_OID)},
+            local=True,
+        )
+        public, _ = params.generate_keypair(
+            id=cka_id,
+            label=label,
+            store=True,
+            capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            public_template=public_key_template(label),
+            private_template=private_key_template(label),
+        )
+        return GeneratedKey(key_id=cka_id.hex(), spki_der=encode_ec_public_key(public))
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"generating key {label!r}") from None
+
+
+def private_key(session: Session, key_id: str) -> PrivateKey:
+    """The token private key with this identifier."""
+    try:
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id))
+        assert isinstance(key, PrivateKey)
+        return key
+    except NoSuchKey:
+        raise KeyNotFound(f"no private key with id {key_id} on the token") from None
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"finding key {key_id}") from None
+
+
+def public_key_spki(session: Session, key_id: str) -> bytes:
+    """SubjectPublicKeyInfo (DER) of the key with this identifier."""
+    try:
+        key = session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=bytes.fromhex(key_id))
+        assert isinstance(key, PublicKey)
+        return bytes(encode_ec_public_key(key))
+    except NoSuchKey:
+        raise KeyNotFound(f"no public key with id {key_id} on the token") from None
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"reading public key {key_id}") from None
+
+
+def key_id_by_label(session: Session, label: str) -> str:
+    """Identifier of the private key with this label (audit key, dev CSCA key)."""
+    try:
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        return bytes(key[Attribute.ID]).hex()
+    except NoSuchKey:
+        raise KeyNotFound(f"no private key labelled {label!r} on the token") from None
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"finding key {label!r}") from None
+
+
+def private_key_attributes(session: Session, key_id: str) -> dict[str, bool]:
+    """The protection flags of a private key, for checks and tests."""
+    key = private_key(session, key_id)
+    names = {
+        "sensitive": Attribute.SENSITIVE,
+        "extractable": Attribute.EXTRACTABLE,
+        "always_sensitive": Attribute.ALWAYS_SENSITIVE,
+        "never_extractable": Attribute.NEVER_EXTRACTABLE,
+        "sign": Attribute.SIGN,
+        "decrypt": Attribute.DECRYPT,
+        "derive": Attribute.DERIVE,
+        "unwrap": Attribute.UNWRAP,
+        "local": Attribute.LOCAL,
+    }
+    return {name: bool(key[attr]) for name, attr in names.items()}
+
+
+def read_private_value(session: Session, key_id: str) -> bytes:
+    """Try to read ``CKA_VALUE`` of a private key; the token must refuse (tests prove it)."""
+    key = private_key(session, key_id)
+    try:
+        return bytes(key[Attribute.VALUE])
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"reading the private value of key {key_id}") from None
+
+
+def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> None:
+    """Store (or replace) the X.509 certificate that belongs to a key."""
+    delete_certificate(session, key_id)
+    try:
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.CERTIFICATE,
+                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.ID: bytes.fromhex(key_id),
+                Attribute.LABEL: label,
+                Attribute.VALUE: der,
+            }
+        )
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"storing the certificate of key {key_id}") from None
+
+
+def certificate(session: Session, key_id: str) -> bytes | None:
+    """DER of the certificate stored for a key, or None."""
+    for obj in session.get_objects(
+        {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: bytes.fromhex(key_id)}
+    ):
+        return bytes(obj[Attribute.VALUE])
+    return None
+
+
+def delete_certificate(session: Session, key_id: str) -> None:
+    """Remove the certificate stored for a key, if any."""
+    for obj in list(
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: bytes.fromhex(key_id)}
+        )
+    ):
+        obj.destroy()
+
+
+def destroy_key_pair(session: Session, key_id: str) -> int:
+    """Delete the private and public key objects of a key; return how many were removed."""
+    removed = 0
+    for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        for obj in list(
+            session.get_objects(
+                {Attribute.CLASS: object_class, Attribute.ID: bytes.fromhex(key_id)}
+            )
+        ):
+            obj.destroy()
+            removed += 1
+    return removed
+
+
+def put_record(session: Session, application: str, name: str, value: bytes) -> None:
+    """Create or replace the data object ``(application, name)`` with ``value``.
+
+    Tokens keep ``CKA_VALUE`` of data objects read-only, so a replacement is written as a new
+    object with a higher generation before the old one is destroyed: a reader in another daemon
+    never finds the record missing, and :func:`records` picks the newest generation.
+    """
+    try:
+        existing = list(_records(session, application, name))
+        generation = max((_generation(obj) for obj in existing), default=0) + 1
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.APPLICATION: application,
+                Attribute.LABEL: name,
+                Attribute.VALUE: generation.to_bytes(_GENERATION_BYTES, "big") + value,
+            }
+        )
+        for obj in existing:
+            obj.destroy()
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"writing record {application}/{name}") from None
+
+
+def records(session: Session, application: str) -> dict[str, bytes]:
+    """All data objects of an application, by name (the newest generation of each)."""
+    newest: dict[str, tuple[int, bytes]] = {}
+    try:
+        for obj in _records(session, application, None):
+            blob = bytes(obj[Attribute.VALUE])
+            name = str(obj[Attribute.LABEL])
+            generation = int.from_bytes(blob[:_GENERATION_BYTES], "big")
+            if name not in newest or generation > newest[name][0]:
+                newest[name] = (generation, blob[_GENERATION_BYTES:])
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"reading records {application}") from None
+    return {name: value for name, (_, value) in newest.items()}
+
+
+def delete_record(session: Session, application: str, name: str) -> None:
+    """Remove the data object ``(application, name)`` if it exists."""
+    for obj in list(_records(session, application, name)):
+        obj.destroy()
+
+
+def _generation(obj: Object) -> int:
+    return int.from_bytes(bytes(obj[Attribute.VALUE])[:_GENERATION_BYTES], "big")
+
+
+def _records(session: Session, application: str, name: str | None) -> Iterator[Object]:
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.DATA,
+        Attribute.APPLICATION: application,
+    }
+    if name is not None:
+        template[Attribute.LABEL] = name
+    return session.get_objects(template)

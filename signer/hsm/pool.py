@@ -1,0 +1,278 @@
+"""The front end's handle on the signing worker processes.
+
+Workers are started with the ``spawn`` method before the gRPC server exists (gRPC and ``fork``
+do not mix). A batch is cut into chunks spread over the least-loaded workers and reassembled
+in order. A worker that dies is replaced; its chunks are retried once on another worker, and
+fail with :class:`HsmUnavailable` when that is not possible.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from signer.config import HsmSettings
+from signer.errors import HsmError, HsmUnavailable, SignerError
+from signer.hsm.mechanisms import SignatureEncoding
+from signer.hsm.worker import READY, worker_main
+
+log = logging.getLogger(__name__)
+
+# Below this many digests a batch is not split: the IPC round trip would cost more than it saves.
+MIN_CHUNK = 128
+JOB_TIMEOUT_SECONDS = 60.0
+START_TIMEOUT_SECONDS = 60.0
+RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class _Job:
+    name: str
+    kwargs: dict[str, Any]
+    future: Future[Any] = field(default_factory=Future)
+    weight: int = 1
+    retries_left: int = 1
+
+
+class _Worker:
+    """One worker process, its pipe and the jobs it holds."""
+
+    def __init__(self, index: int, process: BaseProcess, conn: Connection, pid: int) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.pid = pid
+        self.send_lock = threading.Lock()
+        self.pending: dict[int, _Job] = {}
+        self.load = 0
+        self.alive = True
+
+
+class WorkerPool:
+    """N signing processes behind one thread-safe interface."""
+
+    def __init__(self, settings: HsmSettings, count: int | None = None) -> None:
+        self._settings = settings
+        self._count = count or settings.worker_count
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._workers: list[_Worker | None] = [None] * self._count
+        self._job_ids = itertools.count(1)
+        self._closing = False
+        self.restarts = 0
+
+    @property
+    def size(self) -> int:
+        """Configured number of workers."""
+        return self._count
+
+    @property
+    def workers_up(self) -> int:
+        """Number of workers alive right now."""
+        return sum(1 for w in self._workers if w is not None and w.alive)
+
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for operators and tests)."""
+        return [w.pid for w in self._workers if w is not None and w.alive]
+
+    def start(self) -> None:
+        """Start every worker and wait until each has logged in; raise if one cannot."""
+        for index in range(self._count):
+            self._workers[index] = self._spawn(index)
+
+    def close(self) -> None:
+        """Stop all workers."""
+        self._closing = True
+        for worker in self._workers:
+            if worker is None:
+                continue
+            try:
+                with worker.send_lock:
+                    worker.conn.send(None)
+            except OSError:
+                pass
+        for worker in self._workers:
+            if worker is not None:
+                worker.process.join(timeout=5)
+                if worker.process.is_alive():
+                    worker.process.kill()
+                worker.conn.close()
+
+    def sign(
+        self, key_id: str, digests: Sequence[bytes], encoding: SignatureEncoding
+    ) -> list[bytes]:
+        """Sign digests with a key; signatures come back in the order of the digests."""
+        parts = max(1, min(self.workers_up, len(digests) // MIN_CHUNK))
+        size = -(-len(digests) // parts)
+        jobs = [
+            self._submit(
+                "sign",
+                {"key_id": key_id, "digests": list(chunk), "encoding": encoding.value},
+                weight=len(chunk),
+            )
+            for chunk in (digests[i : i + size] for i in range(0, len(digests), size))
+        ]
+        signatures: list[bytes] = []
+        for job in jobs:
+            signatures.extend(self._wait(job))
+        return signatures
+
+    def call(self, operation: str, /, **kwargs: Any) -> Any:
+        """Run one HSM operation (key management, records) on some worker."""
+        return self._wait(self._submit(operation, kwargs, weight=1, retries=0))
+
+    def broadcast(self, operation: str, /, **kwargs: Any) -> None:
+        """Run an operation on every live worker (e.g. forget a destroyed key)."""
+        jobs = []
+        for worker in list(self._workers):
+            if worker is not None and worker.alive:
+                job = _Job(operation, kwargs, retries_left=0)
+                if self._send(worker, job):
+                    jobs.append(job)
+        for job in jobs:
+            self._wait(job)
+
+    def _wait(self, job: _Job) -> Any:
+        try:
+            return job.future.result(timeout=JOB_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            raise HsmUnavailable(
+                f"the HSM did not answer {job.name} within {JOB_TIMEOUT_SECONDS:.0f} s"
+            ) from None
+
+    def _submit(self, name: str, kwargs: dict[str, Any], weight: int, retries: int = 1) -> _Job:
+        job = _Job(name, kwargs, weight=weight, retries_left=retries)
+        self._dispatch(job)
+        return job
+
+    def _dispatch(self, job: _Job, exclude: int | None = None) -> None:
+        while True:
+            with self._lock:
+                candidates = [
+                    w for w in self._workers if w is not None and w.alive and w.index != exclude
+                ]
+                if not candidates:
+                    candidates = [w for w in self._workers if w is not None and w.alive]
+                if not candidates:
+                    job.future.set_exception(
+                        HsmUnavailable("no HSM worker process is running; check the HSM and logs")
+                    )
+                    return
+                worker = min(candidates, key=lambda w: w.load)
+            if self._send(worker, job):
+                return
+
+    def _send(self, worker: _Worker, job: _Job) -> bool:
+        job_id = next(self._job_ids)
+        with self._lock:
+            if not worker.alive:
+                return False
+            worker.pending[job_id] = job
+            worker.load += job.weight
+        try:
+            with worker.send_lock:
+                worker.conn.send((job_id, job.name, job.kwargs))
+            return True
+        except (OSError, ValueError):
+            with self._lock:
+                worker.pending.pop(job_id, None)
+                worker.load -= job.weight
+            return False
+
+    def _spawn(self, index: int) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child, self._settings),
+            name=f"signer-hsm-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        if not parent.poll(START_TIMEOUT_SECONDS):
+            process.kill()
+            raise HsmUnavailable(
+                f"HSM worker {index} did not start within {START_TIMEOUT_SECONDS:.0f} s"
+            )
+        try:
+            status, value = parent.recv()
+        except EOFError:
+            raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
+        if status != READY:
+            process.join(timeout=5)
+            raise HsmUnavailable(f"HSM worker {index} could not start: {value}")
+        worker = _Worker(index, process, parent, int(value))
+        threading.Thread(
+            target=self._read, args=(worker,), name=f"signer-hsm-reader-{index}", daemon=True
+        ).start()
+        log.info("HSM worker %d started (pid %d)", index, worker.pid)
+        return worker
+
+    def _read(self, worker: _Worker) -> None:
+        while True:
+            try:
+                job_id, ok, value = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                job = worker.pending.pop(job_id, None)
+                if job is not None:
+                    worker.load -= job.weight
+            if job is None:
+                continue
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(
+                    value if isinstance(value, SignerError) else HsmError(str(value))
+                )
+        self._lost(worker)
+
+    def _lost(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.alive = False
+            orphans = list(worker.pending.values())
+            worker.pending.clear()
+            worker.load = 0
+        if self._closing:
+            for job in orphans:
+                job.future.set_exception(HsmUnavailable("the signer is shutting down"))
+            return
+        log.error("HSM worker %d (pid %d) died; replacing it", worker.index, worker.pid)
+        for job in orphans:
+            if job.retries_left > 0:
+                job.retries_left -= 1
+                self._dispatch(job, exclude=worker.index)
+            else:
+                job.future.set_exception(
+                    HsmUnavailable(f"HSM worker {worker.index} died during {job.name}; retry")
+                )
+        self._restart(worker.index)
+
+    def _restart(self, index: int) -> None:
+        delays = itertools.chain(
+            RESTART_BACKOFF_SECONDS, itertools.repeat(RESTART_BACKOFF_SECONDS[-1])
+        )
+        for delay in delays:
+            if self._closing:
+                return
+            time.sleep(delay)
+            try:
+                replacement = self._spawn(index)
+            except SignerError as exc:
+                log.error("HSM worker %d could not restart: %s", index, exc)
+                continue
+            with self._lock:
+                self._workers[index] = replacement
+                self.restarts += 1
+            return

@@ -1,0 +1,100 @@
+"""Open the PKCS#11 module, find the token by label and log in, with actionable errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pkcs11
+from pkcs11 import Session, Token
+from pkcs11._pkcs11 import lib as Pkcs11Lib
+from pkcs11.exceptions import (
+    DeviceError,
+    DeviceMemory,
+    DeviceRemoved,
+    NoSuchToken,
+    PinIncorrect,
+    PinLocked,
+    PKCS11Error,
+    SessionClosed,
+    SessionHandleInvalid,
+    TokenNotPresent,
+    TokenNotRecognised,
+)
+
+from signer.config import HsmSettings, read_pin
+from signer.errors import HsmError, HsmUnavailable
+
+# Errors after which the HSM, not the request, is at fault: answer UNAVAILABLE.
+UNAVAILABLE_ERRORS: tuple[type[PKCS11Error], ...] = (
+    DeviceError,
+    DeviceMemory,
+    DeviceRemoved,
+    SessionClosed,
+    SessionHandleInvalid,
+    TokenNotPresent,
+    TokenNotRecognised,
+)
+
+
+def wrap_error(exc: BaseException, doing: str) -> HsmError:
+    """Translate a python-pkcs11 exception into the project's errors, naming the operation."""
+    name = type(exc).__name__
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return HsmUnavailable(f"HSM unavailable while {doing} ({name}); check the HSM and token")
+    return HsmError(f"HSM refused {doing} ({name})")
+
+
+def load_module(settings: HsmSettings) -> Pkcs11Lib:
+    """Load the PKCS#11 library named in the settings (one per process)."""
+    for key, value in settings.environment().items():
+        os.environ[key] = value
+    try:
+        return pkcs11.lib(str(settings.module))
+    except (PKCS11Error, OSError, RuntimeError) as exc:
+        raise HsmUnavailable(f"cannot load PKCS#11 module {settings.module}: {exc}") from None
+
+
+def find_token(lib: Pkcs11Lib, label: str) -> Token:
+    """Return the token with this label, or explain which tokens exist."""
+    try:
+        return lib.get_token(token_label=label)
+    except NoSuchToken:
+        labels = sorted({slot.get_token().label for slot in lib.get_slots(token_present=True)})
+        raise HsmUnavailable(
+            f"no token labelled {label!r}; tokens present: {labels or 'none'}"
+            " (run softhsm_setup.sh for the dev token)"
+        ) from None
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"looking up token {label!r}") from None
+
+
+def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
+    """Open a read-write session on the configured token, logged in as the user."""
+    token = find_token(lib, settings.token_label)
+    pin = read_pin(settings)
+    try:
+        return token.open(rw=True, user_pin=pin)
+    except PinIncorrect:
+        raise HsmError(f"token {settings.token_label!r} refused the user PIN") from None
+    except PinLocked:
+        raise HsmError(
+            f"the user PIN of token {settings.token_label!r} is locked;"
+            " a security officer must reset it"
+        ) from None
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"logging in to token {settings.token_label!r}") from None
+    finally:
+        del pin
+
+
+@contextmanager
+def session_scope(settings: HsmSettings) -> Iterator[Session]:
+    """A logged-in session for short tools (setup, CLI); closed on exit."""
+    lib = load_module(settings)
+    session = open_session(settings, lib)
+    try:
+        yield session
+    finally:
+        session.close()
