@@ -1,0 +1,181 @@
+"""Checks a Document Signer Certificate must pass before it is attached to an HSM key."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509 as cx509
+from cryptography.exceptions import InvalidSignature
+
+from signer.errors import CertificateError
+from signer.keys.kid import kid_for_certificate
+from signer.keys.names import name_country, name_text
+from signer.keys.pem import load_certificate
+from signer.keys.profiles import profile_of_eku, require_profile
+from signer.keys.spki import load_p256_spki
+from signer.keys.utc import require_utc
+
+DEFAULT_MIN_REMAINING = timedelta(days=365)
+
+
+class DscLifetimeTooShort(CertificateError):
+    """The DSC expires too soon: credentials signed now would outlive it."""
+
+
+@dataclass(frozen=True)
+class DscInfo:
+    """A DSC that passed :func:`check_dsc`, with the facts the key record needs."""
+
+    kid: bytes
+    """First 8 bytes of SHA-256 over ``der``."""
+    subject: str
+    issuer: str
+    country: str
+    serial_number: int
+    not_before: datetime
+    not_after: datetime
+    spki_der: bytes
+    """The certified public key (normal DER form)."""
+    ekus: tuple[str, ...]
+    """All extended key usage OIDs of the DSC (dotted), empty when it has none."""
+    der: bytes
+
+
+def _check_public_key(certificate: Any, expected_spki_der: bytes) -> bytes:
+    spki = load_p256_spki(bytes(certificate.public_key.dump()), "the DSC")
+    expected = load_p256_spki(expected_spki_der, "the HSM key")
+    if spki != expected:
+        raise CertificateError(
+            "public key match check failed: the DSC certifies another key than the HSM key it "
+            "is imported for; import the DSC issued for this key's CSR (or pick the right key id)"
+        )
+    return spki
+
+
+def _check_key_usage(certificate: Any) -> None:
+    key_usage = certificate.key_usage_value
+    if key_usage is None or "digital_signature" not in key_usage.native:
+        raise CertificateError(
+            "keyUsage check failed: the DSC's keyUsage lacks digitalSignature; ask the CSCA "
+            "for a DSC with keyUsage digitalSignature"
+        )
+
+
+def _check_validity(
+    not_before: datetime, not_after: datetime, now: datetime, min_remaining: timedelta
+) -> None:
+    if now < not_before:
+        raise CertificateError(
+            f"validity check failed: the DSC is not valid yet (valid from "
+            f"{not_before.isoformat()}, now {now.isoformat()}); import it once it is valid "
+            "or check the clock"
+        )
+    if now >= not_after:
+        raise CertificateError(
+            f"validity check failed: the DSC expired at {not_after.isoformat()}; "
+            "request a new DSC from the CSCA"
+        )
+    if not_after < now + min_remaining:
+        left = not_after - now
+        raise DscLifetimeTooShort(
+            f"remaining lifetime check failed: the DSC expires at {not_after.isoformat()}, "
+            f"{left.days} days from now, but it must stay valid at least {min_remaining.days} "
+            "days so that credentials signed now never outlive it; request a DSC valid until "
+            f"at least {(now + min_remaining).isoformat()}"
+        )
+
+
+def _check_ekus(certificate: Any, profile: str) -> tuple[str, ...]:
+    eku = certificate.extended_key_usage_value
+    oids = tuple(str(oid.dotted) for oid in eku) if eku is not None else ()
+    dcc_profiles = {p for p in (profile_of_eku(oid) for oid in oids) if p is not None}
+    if dcc_profiles and profile not in dcc_profiles:
+        raise CertificateError(
+            f"extended key usage check failed: the DSC is restricted to "
+            f"{', '.join(sorted(dcc_profiles))} certificates but is imported for profile "
+            f"{profile!r}; import it for the matching profile or request a DSC with that EKU"
+        )
+    return oids
+
+
+def _check_issued_by_csca(certificate: Any, dsc_der: bytes, csca_der: bytes) -> None:
+    try:
+        csca = load_certificate(csca_der)
+    except CertificateError as exc:
+        raise CertificateError(f"CSCA {exc}") from exc
+    constraints = csca.basic_constraints_value
+    if constraints is None or not constraints["ca"].native:
+        raise CertificateError(
+            "CSCA check failed: the given CSCA certificate is not a CA (no basicConstraints "
+            "CA:true); give the national CSCA certificate"
+        )
+    if certificate.issuer != csca.subject:
+        raise CertificateError(
+            f"issuer name check failed: the DSC was issued by {name_text(certificate.issuer)!r}, "
+            f"not by the CSCA {name_text(csca.subject)!r}; give the CSCA that issued this DSC"
+        )
+    try:
+        cx509.load_der_x509_certificate(dsc_der).verify_directly_issued_by(
+            cx509.load_der_x509_certificate(bytes(csca.dump()))
+        )
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise CertificateError(
+            "CSCA signature check failed: the DSC's signature does not verify with the CSCA "
+            f"public key ({exc or 'invalid signature'}); the DSC was not issued by this CSCA "
+            "or was altered"
+        ) from exc
+    aki = certificate.authority_key_identifier
+    ski = csca.key_identifier
+    if aki is not None and ski is not None and bytes(aki) != bytes(ski):
+        raise CertificateError(
+            "authority key identifier check failed: the DSC's AKI does not match the CSCA's "
+            "subject key identifier; give the CSCA certificate of the key that issued the DSC"
+        )
+
+
+def check_dsc(
+    dsc: bytes,
+    expected_spki_der: bytes,
+    profile: str,
+    now: datetime,
+    csca_der: bytes | None = None,
+    min_remaining: timedelta = DEFAULT_MIN_REMAINING,
+) -> DscInfo:
+    """Check a DSC (PEM or DER) for import onto the HSM key ``expected_spki_der``.
+
+    Checks, in order: X.509 parse; EC P-256 key; key equal to the HSM key; keyUsage
+    digitalSignature; ``now`` inside the validity window; at least ``min_remaining`` validity
+    left (:class:`DscLifetimeTooShort`); a country (C) in the subject; DCC extended key usages,
+    when present, naming ``profile``; with ``csca_der``: issuer name, signature and AKI/SKI of
+    the CSCA. Each refusal is a :class:`CertificateError` whose message names the check.
+    """
+    require_profile(profile)
+    moment = require_utc(now, "now")
+    certificate = load_certificate(dsc)
+    der = bytes(certificate.dump())
+    spki = _check_public_key(certificate, expected_spki_der)
+    _check_key_usage(certificate)
+    not_before = require_utc(certificate.not_valid_before, "DSC not_before")
+    not_after = require_utc(certificate.not_valid_after, "DSC not_after")
+    _check_validity(not_before, not_after, moment, min_remaining)
+    country = name_country(certificate.subject)
+    if country is None:
+        raise CertificateError(
+            "subject country check failed: the DSC subject has no country (C); "
+            "ask the CSCA for a DSC whose subject names the issuing country"
+        )
+    ekus = _check_ekus(certificate, profile)
+    if csca_der is not None:
+        _check_issued_by_csca(certificate, der, csca_der)
+    return DscInfo(
+        kid=kid_for_certificate(der),
+        subject=name_text(certificate.subject),
+        issuer=name_text(certificate.issuer),
+        country=country,
+        serial_number=int(certificate.serial_number),
+        not_before=not_before,
+        not_after=not_after,
+        spki_der=spki,
+        ekus=ekus,
+        der=der,
+    )
