@@ -1,0 +1,275 @@
+"""``signer issue`` and ``signer verify``: argparse subcommands for the DCC layer.
+
+The lead's entry point registers them with :func:`add_subcommands` and dispatches with
+``return args.func(args)``; every handler returns the process exit code. ``issue`` reaches the
+daemon only through the object ``make_signer(args)`` returns (see :class:`SigningService`);
+if that object has a ``close()`` method it is called when the command ends. ``verify`` needs no
+daemon at all.
+
+Exit codes: 0 success; 1 some certificate invalid (verify) or some record refused (batch
+issue); 2 the command could not run (bad input file, signer error, unusable DSC).
+"""
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any, Protocol, TextIO
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from signer.dcc.dsc import DscInfo, parse_dsc
+from signer.dcc.errors import DccError
+from signer.dcc.issue import DEFAULT_CHUNK_SIZE, DEFAULT_PROFILE, PreparedCertificate, finish
+from signer.dcc.issue import prepare_one as _prepare_one
+from signer.dcc.qr import write_qr
+from signer.dcc.trust import TrustStore
+from signer.dcc.verify import verify
+from signer.errors import SignerError
+
+
+class SigningService(Protocol):
+    """What ``issue`` needs from the lead's client: the current key and digest signing."""
+
+    def signing_key(self, profile: str) -> tuple[bytes, bytes]:
+        """Return ``(kid, dsc_der)`` of the key that signs for ``profile`` now."""
+        ...
+
+    def sign(self, profile: str, kid: bytes, digests: Sequence[bytes]) -> Sequence[bytes]:
+        """Return one raw 64-byte ``r||s`` signature per digest, in order."""
+        ...
+
+
+MakeSigner = Callable[[argparse.Namespace], SigningService]
+
+
+def add_subcommands(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]", make_signer: MakeSigner
+) -> None:
+    """Register ``issue`` and ``verify`` on ``subparsers``; each sets ``func`` in the namespace."""
+    issue_parser = subparsers.add_parser(
+        "issue",
+        help="issue vaccination certificates (HC1 strings, QR codes)",
+        description="Sign one vaccination record (prints the HC1 string) or a JSONL batch.",
+    )
+    issue_parser.add_argument("record", nargs="?", type=Path, help="record JSON file, or -")
+    issue_parser.add_argument("--batch", type=Path, help="JSONL file: one record per line")
+    issue_parser.add_argument("--out", type=Path, help="JSONL output of --batch")
+    issue_parser.add_argument("--profile", default=DEFAULT_PROFILE, help="signing profile")
+    issue_parser.add_argument("--qr", type=Path, help="write the QR code (.png or .svg)")
+    issue_parser.add_argument("--json", action="store_true", help="print a JSON object")
+    issue_parser.add_argument(
+        "--issuer-country", help="CWT iss and UVCI country (default: the DSC's subject C)"
+    )
+    issue_parser.add_argument("--validity-days", type=int, default=365, help="QR lifetime")
+    issue_parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="digests per signing call"
+    )
+    issue_parser.add_argument(
+        "--allow-dose-beyond-series",
+        action="store_true",
+        help="accept dn > sd (eHN booster encodings such as 2/1)",
+    )
+    issue_parser.set_defaults(func=lambda args: _run_issue(args, make_signer))
+
+    verify_parser = subparsers.add_parser(
+        "verify",
+        help="verify HC1 strings offline",
+        description="Verify HC1 strings; prints one JSON object per certificate. Exit status 0 "
+        "only when every signature is valid.",
+    )
+    trust = verify_parser.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--cert", type=Path, help="trusted DSC (PEM or DER)")
+    trust.add_argument("--trust-list", type=Path, help="trust-list JSON")
+    verify_parser.add_argument("--at", type=int, help="UNIX time for the expiry check")
+    verify_parser.add_argument("hc1", nargs="+", help="HC1 strings, or - for one per stdin line")
+    verify_parser.set_defaults(func=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    try:
+        source = args.cert or args.trust_list
+        store = TrustStore.load(source)
+    except (DccError, OSError) as exc:
+        print(f"error: cannot load trust: {exc}", file=sys.stderr)
+        return 2
+    for note in store.skipped:
+        print(f"warning: trust list {note}", file=sys.stderr)
+    all_valid = True
+    for hc1 in _hc1_inputs(args.hc1, sys.stdin):
+        result = verify(hc1, store, at=args.at)
+        all_valid = all_valid and result.signature_valid
+        print(json.dumps(result.to_json(), ensure_ascii=False, default=str), flush=True)
+    return 0 if all_valid else 1
+
+
+def _hc1_inputs(values: Sequence[str], stdin: TextIO) -> Iterator[str]:
+    for value in values:
+        if value == "-":
+            yield from (line.strip() for line in stdin if line.strip())
+        else:
+            yield value
+
+
+class _Issuer:
+    """The per-command state of ``issue``: key, DSC facts and options."""
+
+    def __init__(self, args: argparse.Namespace, signer: SigningService) -> None:
+        self.args = args
+        self.signer = signer
+        self.kid, dsc_der = signer.signing_key(args.profile)
+        self.dsc: DscInfo = parse_dsc(dsc_der)
+        if self.dsc.kid != self.kid:
+            raise DccError(
+                f"signer reports kid {self.kid.hex()} but its DSC hashes to {self.dsc.kid.hex()}"
+            )
+        if self.dsc.not_after is None:
+            raise DccError("the DSC's notAfter cannot be read; refusing to issue")
+        self.not_after: dt.datetime = self.dsc.not_after
+        country = args.issuer_country or self.dsc.country
+        if not country:
+            raise DccError("the DSC has no subject country; pass --issuer-country")
+        self.country: str = country
+        self.iat = dt.datetime.now(dt.UTC)
+        key = self.dsc.public_key
+        self.verify_with = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+
+    def prepare(self, record: Any) -> PreparedCertificate:
+        return _prepare_one(
+            record,
+            self.kid,
+            self.country,
+            self.iat,
+            self.not_after,
+            validity=dt.timedelta(days=self.args.validity_days),
+            allow_dose_beyond_series=self.args.allow_dose_beyond_series,
+        )
+
+    def sign(self, prepared: Sequence[PreparedCertificate]) -> list[str]:
+        if not prepared:
+            return []
+        digests = [cert.digest for cert in prepared]
+        signatures = self.signer.sign(self.args.profile, self.kid, digests)
+        return finish(prepared, signatures, verify_with=self.verify_with)
+
+
+def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
+    if (args.record is None) == (args.batch is None):
+        print("error: give either RECORD.json or --batch RECORDS.jsonl", file=sys.stderr)
+        return 2
+    if args.batch is not None and args.out is None:
+        print("error: --batch needs --out OUT.jsonl", file=sys.stderr)
+        return 2
+    if args.chunk_size < 1 or args.validity_days < 1:
+        print("error: --chunk-size and --validity-days must be >= 1", file=sys.stderr)
+        return 2
+    signer = None
+    try:
+        signer = make_signer(args)
+        issuer = _Issuer(args, signer)
+        if args.batch is not None:
+            return _issue_batch(issuer, args.batch, args.out)
+        return _issue_one(issuer, args.record)
+    except (SignerError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        close = getattr(signer, "close", None)
+        if callable(close):
+            with suppress(Exception):
+                close()
+
+
+def _read_record(path: Path) -> Any:
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _issue_one(issuer: _Issuer, path: Path) -> int:
+    prepared = issuer.prepare(_read_record(path))
+    _warn_clipped(prepared, issuer.not_after)
+    hc1 = issuer.sign([prepared])[0]
+    if issuer.args.qr is not None:
+        write_qr(hc1, issuer.args.qr)
+    if issuer.args.json:
+        print(json.dumps(_summary(prepared, hc1, issuer.kid), ensure_ascii=False))
+    else:
+        print(hc1)
+    return 0
+
+
+def _summary(prepared: PreparedCertificate, hc1: str, kid: bytes) -> dict[str, Any]:
+    return {
+        "hc1": hc1,
+        "uvci": prepared.uvci,
+        "kid": kid.hex(),
+        "iat": prepared.iat,
+        "exp": prepared.exp,
+        "exp_clipped": prepared.exp_clipped,
+    }
+
+
+def _warn_clipped(prepared: PreparedCertificate, not_after: dt.datetime) -> None:
+    if prepared.exp_clipped:
+        print(
+            f"warning: exp clipped to the DSC's notAfter {not_after.isoformat()}; "
+            "the certificate is valid for less than the requested period",
+            file=sys.stderr,
+        )
+
+
+def _issue_batch(issuer: _Issuer, batch: Path, out_path: Path) -> int:
+    with batch.open(encoding="utf-8") as counting:
+        total = sum(1 for line in counting if line.strip())
+    chunk_size = issuer.args.chunk_size
+    done = refused = 0
+    clipped_warned = False
+    with batch.open(encoding="utf-8") as source, out_path.open("w", encoding="utf-8") as out:
+        for chunk in _chunks(_numbered_lines(source), chunk_size):
+            results: dict[int, dict[str, Any]] = {}
+            ready: list[tuple[int, PreparedCertificate]] = []
+            for number, line in chunk:
+                try:
+                    ready.append((number, issuer.prepare(json.loads(line))))
+                except (DccError, ValueError) as exc:
+                    results[number] = {"line": number, "error": str(exc)}
+            if ready and not clipped_warned and ready[0][1].exp_clipped:
+                _warn_clipped(ready[0][1], issuer.not_after)
+                clipped_warned = True
+            hc1s = issuer.sign([cert for _, cert in ready])
+            for (number, cert), hc1 in zip(ready, hc1s, strict=True):
+                results[number] = {"line": number, **_summary(cert, hc1, issuer.kid)}
+            _write_lines(out, [results[number] for number, _ in chunk])
+            done += len(chunk)
+            refused += len(chunk) - len(ready)
+            if total > chunk_size:
+                print(f"processed {done}/{total} ({100 * done // total}%)", file=sys.stderr)
+    if refused:
+        print(f"{refused} of {total} records refused; see 'error' in {out_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _numbered_lines(source: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(source, start=1):
+        if line.strip():
+            yield number, line
+
+
+def _chunks(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    chunk: list[tuple[int, str]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_lines(out: IO[str], objects: Sequence[dict[str, Any]]) -> None:
+    out.writelines(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects)
+    out.flush()

@@ -1,0 +1,197 @@
+"""``issue`` and ``verify`` subcommands, driven through argparse with a software signer."""
+
+import argparse
+import datetime as dt
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.x509.oid import NameOID
+
+from signer.dcc.cli import add_subcommands
+from signer.dcc.dsc import kid_of
+from signer.dcc.trust import trust_list_entry, write_trust_list
+from signer.sigformat import der_to_raw
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class SoftService:
+    """The lead's SigningService, played by a software key."""
+
+    def __init__(self, not_after: dt.datetime) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "CLI test DSC"),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(7)
+            .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+            .not_valid_after(not_after)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.dsc_der = cert.public_bytes(serialization.Encoding.DER)
+        self.kid = kid_of(self.dsc_der)
+        self.batches: list[int] = []
+        self.closed = False
+
+    def signing_key(self, profile: str) -> tuple[bytes, bytes]:
+        assert profile == "vaccination"
+        return self.kid, self.dsc_der
+
+    def sign(self, profile: str, kid: bytes, digests: Sequence[bytes]) -> Sequence[bytes]:
+        assert kid == self.kid
+        self.batches.append(len(digests))
+        return [der_to_raw(self.key.sign(d, ec.ECDSA(Prehashed(hashes.SHA256())))) for d in digests]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def service() -> SoftService:
+    return SoftService(dt.datetime.now(dt.UTC) + dt.timedelta(days=730))
+
+
+def run(service: SoftService, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="signer")
+    add_subcommands(parser.add_subparsers(required=True), lambda args: service)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def write_dsc(service: SoftService, tmp_path: Path) -> Path:
+    path = tmp_path / "dsc.pem"
+    cert = x509.load_der_x509_certificate(service.dsc_der)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_issue_prints_hc1_and_writes_qr(
+    service: SoftService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "qr.png"
+    code = run(service, ["issue", str(EXAMPLES / "record-vn.json"), "--qr", str(png)])
+    assert code == 0
+    assert service.closed
+    hc1 = capsys.readouterr().out.strip()
+    assert hc1.startswith("HC1:")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    if shutil.which("zbarimg"):
+        decoded = subprocess.run(
+            ["zbarimg", "--raw", "-q", str(png)], capture_output=True, text=True, check=True
+        )
+        assert decoded.stdout.strip() == hc1
+
+    dsc = write_dsc(service, tmp_path)
+    assert run(service, ["verify", "--cert", str(dsc), hc1]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["signature_valid"] is True
+    assert result["kid"] == service.kid.hex()
+    assert result["expired"] is False
+    assert result["payload"]["nam"]["gnt"] == "VAN<DUC"
+    assert result["issuer"] == "VN"
+
+
+def test_issue_json_and_exp_clipping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    short = SoftService(dt.datetime.now(dt.UTC) + dt.timedelta(days=30))
+    assert run(short, ["issue", str(EXAMPLES / "record-vn.json"), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["exp_clipped"] is True
+    assert summary["kid"] == short.kid.hex()
+    assert summary["uvci"].startswith("URN:UVCI:01:VN:")
+    assert summary["exp"] - summary["iat"] < 31 * 86400
+    assert "clipped" in captured.err
+
+
+def test_issue_refuses_invalid_record(
+    service: SoftService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = json.loads((EXAMPLES / "record-vn.json").read_text(encoding="utf-8"))
+    record["v"][0]["co"] = "XX"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    assert run(service, ["issue", str(path)]) == 2
+    assert "v[0].co" in capsys.readouterr().err
+    assert service.batches == []
+
+
+def test_batch_issue_then_verify_from_stdin(
+    service: SoftService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = (EXAMPLES / "records-vn.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[4])
+    bad["v"][0]["dn"] = 0
+    lines[4] = json.dumps(bad)
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join([*lines, "", "{not json"]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    code = run(service, ["issue", "--batch", str(source), "--out", str(out), "--chunk-size", "8"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "processed 8/21 (38%)" in captured.err
+    assert "2 of 21 records refused" in captured.err
+    assert service.batches == [7, 8, 4]
+    results: list[dict[str, Any]] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line"] for r in results] == [*range(1, 21), 22]
+    assert results[4]["error"] == "v[0].dn: dose number must be >= 1"
+    assert "error" in results[-1]
+    good = [r["hc1"] for r in results if "hc1" in r]
+    assert len(good) == 19
+
+    trust_list = tmp_path / "trust.json"
+    write_trust_list([trust_list_entry(service.dsc_der, "vaccination", "active")], trust_list)
+    tampered = good[0][:-3] + ("A" if good[0][-3] != "A" else "B") + good[0][-2:]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(good) + "\n\n"))
+    assert run(service, ["verify", "--trust-list", str(trust_list), "-"]) == 0
+    outputs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(outputs) == 19
+    assert all(o["signature_valid"] for o in outputs)
+
+    assert run(service, ["verify", "--trust-list", str(trust_list), good[1], tampered]) == 1
+    outputs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [o["signature_valid"] for o in outputs] == [True, False]
+
+
+def test_verify_expiry_at_given_time(
+    service: SoftService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(service, ["issue", str(EXAMPLES / "record-vn.json"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    dsc = write_dsc(service, tmp_path)
+    later = str(summary["exp"] + 1)
+    assert run(service, ["verify", "--cert", str(dsc), "--at", later, summary["hc1"]]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["signature_valid"] is True
+    assert result["expired"] is True
+
+
+def test_verify_garbage_exits_nonzero(
+    service: SoftService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsc = write_dsc(service, tmp_path)
+    assert run(service, ["verify", "--cert", str(dsc), "HC1:NOPE"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["signature_valid"] is False
+    assert result["error"]
