@@ -1,0 +1,24 @@
+"""The kinds of event the audit log records."""
+
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    """What an audit record is about; the value is what the record stores."""
+
+    SIGN_BATCH = "sign_batch"
+    KEY_GENERATED = "key_generated"
+    CSR_MADE = "csr_made"
+    CERT_IMPORTED = "cert_imported"
+    ACTIVATION_SCHEDULED = "activation_scheduled"
+    ACTIVATION_APPROVED = "activation_approved"
+    ACTIVATION_EFFECTIVE = "activation_effective"
+    RETIRED = "retired"
+    DESTROYED = "destroyed"
+    CHANGE_APPROVED = "change_approved"
+    CHANGE_EXPIRED = "change_expired"
+    DAEMON_START = "daemon_start"
+    DAEMON_STOP = "daemon_stop"
+    AUTH_REFUSED = "auth_refused"
+    HSM_ERROR = "hsm_error"
+    LOG_REPAIRED = "log_repaired"
