@@ -19,6 +19,7 @@ from typing import Any
 from signer.errors import ConfigError
 
 DEFAULT_MAX_BATCH = 10_000
+KNOWN_PROFILES = ("vaccination", "test", "recovery")
 # A digest costs 34 bytes in a SignBatchRequest and a DER signature up to 74 in the answer;
 # the slack covers the other fields.
 _BYTES_PER_DIGEST_MESSAGE = 80
@@ -136,6 +137,14 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class ClientSettings:
+    """Where the command-line tools find client certificates (dev setups)."""
+
+    ca: Path | None = None
+    cert_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class LogSettings:
     """Process log output."""
 
@@ -157,6 +166,7 @@ class Settings:
     quota: QuotaSettings
     log: LogSettings
     profiles: tuple[str, ...]
+    client: ClientSettings = field(default_factory=ClientSettings)
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -186,10 +196,16 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         quota=_quota(reader.table("quota")),
         log=_log(reader.table("log")),
         profiles=tuple(reader.str_list("profiles", ["vaccination"])),
+        client=_client(reader.table("client")),
     )
     reader.reject_unknown()
     if not settings.profiles:
         raise ConfigError(f"{source}: 'profiles' must name at least one certificate profile")
+    unknown = sorted(set(settings.profiles) - set(KNOWN_PROFILES))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown profile(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROFILES)}"
+        )
     return settings
 
 
@@ -388,6 +404,10 @@ def _quota(t: _Reader) -> QuotaSettings:
         burst=t.whole("burst", 0),
         max_concurrent=t.whole("max_concurrent", 0),
     )
+
+
+def _client(t: _Reader) -> ClientSettings:
+    return ClientSettings(ca=t.path("ca"), cert_dir=t.path("cert_dir"))
 
 
 def _log(t: _Reader) -> LogSettings:

@@ -15,6 +15,7 @@ class EventType(StrEnum):
     ACTIVATION_EFFECTIVE = "activation_effective"
     RETIRED = "retired"
     DESTROYED = "destroyed"
+    CHANGE_REQUESTED = "change_requested"
     CHANGE_APPROVED = "change_approved"
     CHANGE_EXPIRED = "change_expired"
     DAEMON_START = "daemon_start"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from asn1crypto import x509
 from pkcs11 import Attribute, CertificateType, KeyType, MechanismFlag, ObjectClass, Session
 from pkcs11.exceptions import NoSuchKey, PKCS11Error
 from pkcs11.types import Object, PrivateKey, PublicKey
@@ -125,6 +126,7 @@ def read_private_value(session: Session, key_id: str) -> bytes:
 def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> None:
     """Store (or replace) the X.509 certificate that belongs to a key."""
     delete_certificate(session, key_id)
+    parsed = x509.Certificate.load(der)
     try:
         session.create_object(
             {
@@ -134,6 +136,9 @@ def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> 
                 Attribute.PRIVATE: False,
                 Attribute.ID: bytes.fromhex(key_id),
                 Attribute.LABEL: label,
+                Attribute.SUBJECT: parsed.subject.dump(),
+                Attribute.ISSUER: parsed.issuer.dump(),
+                Attribute.SERIAL_NUMBER: parsed["tbs_certificate"]["serial_number"].dump(),
                 Attribute.VALUE: der,
             }
         )
@@ -143,11 +148,12 @@ def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> 
 
 def certificate(session: Session, key_id: str) -> bytes | None:
     """DER of the certificate stored for a key, or None."""
-    for obj in session.get_objects(
-        {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: bytes.fromhex(key_id)}
-    ):
-        return bytes(obj[Attribute.VALUE])
-    return None
+    found = list(
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: bytes.fromhex(key_id)}
+        )
+    )
+    return bytes(found[0][Attribute.VALUE]) if found else None
 
 
 def delete_certificate(session: Session, key_id: str) -> None:

@@ -29,6 +29,7 @@ class _TokenInfo(ctypes.Structure):
         ("flags", CK_ULONG),
         ("rest", ctypes.c_ubyte * 256),
     )
+    slot: int
 
 
 def init_token(module: Path, label: str, so_pin: str, user_pin: str) -> None:
@@ -49,16 +50,38 @@ def init_token(module: Path, label: str, so_pin: str, user_pin: str) -> None:
         session.init_pin(user_pin)
 
 
-def _free_slot(lib: ctypes.CDLL) -> int:
+def token_exists(module: Path, label: str) -> bool:
+    """True when an initialised token with this label is present."""
+    lib = ctypes.CDLL(str(module))
+    _check(lib.C_Initialize(None), "C_Initialize")
+    try:
+        return any(
+            info.flags & _CKF_TOKEN_INITIALIZED
+            and info.label.decode(errors="replace").rstrip() == label
+            for info in _token_infos(lib)
+        )
+    finally:
+        lib.C_Finalize(None)
+
+
+def _token_infos(lib: ctypes.CDLL) -> list[_TokenInfo]:
     count = CK_ULONG(0)
     _check(lib.C_GetSlotList(ctypes.c_ubyte(1), None, ctypes.byref(count)), "C_GetSlotList")
     slots = (CK_ULONG * count.value)()
     _check(lib.C_GetSlotList(ctypes.c_ubyte(1), slots, ctypes.byref(count)), "C_GetSlotList")
+    infos = []
     for slot in slots[: count.value]:
         info = _TokenInfo()
         _check(lib.C_GetTokenInfo(CK_ULONG(slot), ctypes.byref(info)), "C_GetTokenInfo")
+        info.slot = int(slot)
+        infos.append(info)
+    return infos
+
+
+def _free_slot(lib: ctypes.CDLL) -> int:
+    for info in _token_infos(lib):
         if not info.flags & _CKF_TOKEN_INITIALIZED:
-            return int(slot)
+            return info.slot
     raise HsmError("no uninitialised token slot is free in the PKCS#11 module")
 
 

@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Both set up what is missing.
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= hsm_config/dev.toml
+
+.PHONY: setup serve test lint typecheck check bench proto clean
+
+setup:
+	./softhsm_setup.sh
+
+serve: setup
+	$(BIN)/signer serve --config $(CONFIG)
+
+test:
+	./softhsm_setup.sh --test-tools
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy signer
+
+check: lint typecheck test
+
+bench: setup
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/issue.py
+
+# Regenerate the gRPC stubs in signer/v1 from protos/ (a test fails when they are stale).
+proto:
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+		--pyi_out=. protos/signer/v1/*.proto
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

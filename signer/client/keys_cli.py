@@ -1,0 +1,226 @@
+"""``signer keys ...``: the security officer's tool, talking to the KeyAdmin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from signer.client.connect import add_connection_options, make_channel, make_client
+from signer.client.errors import from_rpc_error
+from signer.dcc.trust import trust_list_entry, write_trust_list
+from signer.keys.pem import csr_pem
+from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the officer commands under ``signer keys``."""
+
+    def command(name: str, help_text: str, run: Any) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_connection_options(parser)
+        parser.add_argument("--officer", default="", help="your identity (only without mTLS)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=run)
+        return parser
+
+    command("list", "list keys with state, kid and validity", _list).add_argument(
+        "--profile", default=""
+    )
+    p = command("generate", "generate a key in the HSM and write its CSR", _generate)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--csr-out", type=Path, required=True, help="where to write the CSR (PEM)")
+    p = command("csr", "write a pending key's CSR again", _csr)
+    p.add_argument("key_id")
+    p.add_argument("--csr-out", type=Path, required=True)
+    p = command("import-cert", "import the DSC the CSCA issued for a key", _import)
+    p.add_argument("key_id")
+    p.add_argument("certificate", type=Path, help="DSC, PEM or DER")
+    p = command("activate", "schedule a key's activation (needs approval)", _activate)
+    p.add_argument("key_id")
+    p.add_argument("--at", help="ISO 8601 time the key takes over (default: on approval)")
+    p = command("approve", "approve another officer's pending change", _approve)
+    p.add_argument("change_id")
+    p = command("retire", "stop a key from signing (needs approval)", _retire)
+    p.add_argument("key_id")
+    p.add_argument("--reason", default="")
+    p = command("destroy", "delete a retired key's private key (needs approval)", _destroy)
+    p.add_argument("key_id")
+    p.add_argument("--force", action="store_true", help="before its DSC expired")
+    p.add_argument("--reason", default="")
+    command("changes", "list changes waiting for approval", _changes)
+    p = command("trust-list", "write the trust list (JSON) verifiers need", _trust_list)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _stub(args: argparse.Namespace) -> key_admin_pb2_grpc.KeyAdminStub:
+    return key_admin_pb2_grpc.KeyAdminStub(make_channel(args, "officer"))
+
+
+def _call(rpc: Any, request: Any) -> Any:
+    try:
+        return rpc(request, timeout=60)
+    except grpc.RpcError as error:
+        raise SystemExit(f"refused: {from_rpc_error(error)}") from None
+
+
+def _time(ts: Timestamp, present: bool) -> str:
+    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds") if present else ""
+
+
+def key_json(key: key_admin_pb2.KeyInfo) -> dict[str, Any]:
+    """A key as a JSON object."""
+    return {
+        "key_id": key.key_id,
+        "profile": key.profile,
+        "label": key.label,
+        "state": key.state,
+        "effective_state": key.effective_state,
+        "kid": key.kid.hex(),
+        "not_before": _time(key.not_before, key.HasField("not_before")),
+        "not_after": _time(key.not_after, key.HasField("not_after")),
+        "activate_at": _time(key.activate_at, key.HasField("activate_at")),
+        "usable_until": _time(key.usable_until, key.HasField("usable_until")),
+    }
+
+
+def change_json(change: key_admin_pb2.PendingChange) -> dict[str, Any]:
+    """A pending change as a JSON object."""
+    return {
+        "change_id": change.change_id,
+        "action": change.action,
+        "key_id": change.key_id,
+        "requested_by": change.requested_by,
+        "approvals": list(change.approvals),
+        "expires_at": _time(change.expires_at, change.HasField("expires_at")),
+        "activate_at": _time(change.activate_at, change.HasField("activate_at")),
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str) -> int:
+    print(json.dumps(obj, indent=2) if args.json else text)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    reply = _call(_stub(args).ListKeys, key_admin_pb2.ListKeysRequest(profile=args.profile))
+    rows = [key_json(k) for k in reply.keys]
+    if args.json:
+        return _emit(args, rows, "")
+    _print_table(
+        rows, ["key_id", "profile", "label", "effective_state", "kid", "not_after", "usable_until"]
+    )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    reply = _call(
+        _stub(args).GenerateKey,
+        key_admin_pb2.GenerateKeyRequest(
+            profile=args.profile, label=args.label, officer=args.officer
+        ),
+    )
+    args.csr_out.write_bytes(csr_pem(reply.csr_der))
+    return _emit(
+        args,
+        key_json(reply.key),
+        f"generated key {reply.key.key_id}; CSR written to {args.csr_out}",
+    )
+
+
+def _csr(args: argparse.Namespace) -> int:
+    reply = _call(_stub(args).GetCsr, key_admin_pb2.GetCsrRequest(key_id=args.key_id))
+    args.csr_out.write_bytes(csr_pem(reply.csr_der))
+    return _emit(args, {"csr": str(args.csr_out)}, f"CSR written to {args.csr_out}")
+
+
+def _import(args: argparse.Namespace) -> int:
+    reply = _call(
+        _stub(args).ImportCertificate,
+        key_admin_pb2.ImportCertificateRequest(
+            key_id=args.key_id, certificate=args.certificate.read_bytes(), officer=args.officer
+        ),
+    )
+    return _emit(
+        args,
+        key_json(reply),
+        f"key {reply.key_id} is {reply.effective_state}; kid {reply.kid.hex()}",
+    )
+
+
+def _outcome(args: argparse.Namespace, reply: key_admin_pb2.ChangeResponse) -> int:
+    change = change_json(reply.change)
+    if reply.applied:
+        text = (
+            f"{reply.change.action} of key {reply.key.key_id} applied: {reply.key.effective_state}"
+        )
+    else:
+        text = (
+            f"change {reply.change.change_id} ({reply.change.action} {reply.change.key_id})"
+            f" waits for a second officer: signer keys approve {reply.change.change_id}"
+        )
+    return _emit(
+        args, {"applied": reply.applied, "change": change, "key": key_json(reply.key)}, text
+    )
+
+
+def _activate(args: argparse.Namespace) -> int:
+    request = key_admin_pb2.ActivateRequest(key_id=args.key_id, officer=args.officer)
+    if args.at:
+        at = datetime.fromisoformat(args.at)
+        if at.tzinfo is None:
+            raise SystemExit("--at needs a time zone, e.g. 2026-12-01T08:00:00+07:00")
+        request.activate_at.FromDatetime(at.astimezone(UTC))
+    return _outcome(args, _call(_stub(args).Activate, request))
+
+
+def _approve(args: argparse.Namespace) -> int:
+    request = key_admin_pb2.ApproveRequest(change_id=args.change_id, officer=args.officer)
+    return _outcome(args, _call(_stub(args).Approve, request))
+
+
+def _retire(args: argparse.Namespace) -> int:
+    request = key_admin_pb2.RetireRequest(
+        key_id=args.key_id, reason=args.reason, officer=args.officer
+    )
+    return _outcome(args, _call(_stub(args).Retire, request))
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    request = key_admin_pb2.DestroyRequest(
+        key_id=args.key_id, force=args.force, reason=args.reason, officer=args.officer
+    )
+    return _outcome(args, _call(_stub(args).Destroy, request))
+
+
+def _changes(args: argparse.Namespace) -> int:
+    reply = _call(_stub(args).ListChanges, key_admin_pb2.ListChangesRequest())
+    rows = [change_json(c) for c in reply.changes]
+    if args.json:
+        return _emit(args, rows, "")
+    _print_table(rows, ["change_id", "action", "key_id", "requested_by", "expires_at"])
+    return 0
+
+
+def _trust_list(args: argparse.Namespace) -> int:
+    with make_client(args, "issuer") as client:
+        entries = [trust_list_entry(e.dsc_der, e.profile, e.state) for e in client.trust_list()]
+    write_trust_list(entries, args.out)
+    return _emit(
+        args,
+        {"entries": len(entries), "out": str(args.out)},
+        f"wrote {len(entries)} certificate(s) to {args.out}",
+    )

@@ -1,0 +1,92 @@
+"""``signer.v1.Audit``: verify the log, find who had a digest signed, fetch the last checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from signer.audit.query import find_by_digest, latest_checkpoint
+from signer.audit.verify import verify_log
+from signer.errors import AuditError, InvalidRequest
+from signer.service.metrics import Metrics
+from signer.service.rpc import instrumented
+from signer.service.trail import AuditTrail
+from signer.v1 import audit_pb2, audit_pb2_grpc
+
+
+class AuditService(audit_pb2_grpc.AuditServicer):
+    """The auditor-facing API (reads the same files an offline auditor would)."""
+
+    def __init__(self, trail: AuditTrail, directory: Path, metrics: Metrics) -> None:
+        self._trail = trail
+        self._dir = directory
+        self._metrics = metrics
+
+    def _require_log(self) -> None:
+        if self._trail.log is None:
+            raise AuditError("the audit log is disabled in this appliance's configuration")
+
+    def _public_key(self) -> bytes:
+        return self._trail.public_key_spki
+
+    @instrumented("VerifyLog")
+    def VerifyLog(
+        self, request: audit_pb2.VerifyLogRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.VerifyLogResponse:
+        """Verify the whole log (and, if given, that it is not shorter than a checkpoint)."""
+        self._require_log()
+        extra: list[Path] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            if request.checkpoint:
+                path = Path(tmp) / "checkpoint.txt"
+                path.write_text(request.checkpoint, encoding="utf-8")
+                extra.append(path)
+            report = verify_log(self._dir, self._public_key(), extra_checkpoints=extra)
+        return audit_pb2.VerifyLogResponse(
+            ok=report.ok,
+            records=report.records_checked,
+            checkpoints=report.checkpoints_checked,
+            fault=report.fault.value if report.fault else "",
+            first_bad_sequence=report.first_bad_seq or 0,
+            message=report.message,
+        )
+
+    @instrumented("FindByDigest")
+    def FindByDigest(
+        self, request: audit_pb2.FindByDigestRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.FindByDigestResponse:
+        """Every record that names this digest."""
+        self._require_log()
+        if len(request.digest) != 32:
+            raise InvalidRequest("digest must be a SHA-256 digest of exactly 32 bytes")
+        matches = []
+        for m in find_by_digest(self._dir, request.digest):
+            ts = Timestamp()
+            ts.FromNanoseconds(m.time_ns)
+            matches.append(
+                audit_pb2.AuditMatch(
+                    sequence=m.seq,
+                    time=ts,
+                    event=m.event,
+                    identity=m.identity or "",
+                    profile=m.profile or "",
+                    kid=m.kid or b"",
+                    request_id=m.request_id or "",
+                )
+            )
+        return audit_pb2.FindByDigestResponse(matches=matches)
+
+    @instrumented("GetLatestCheckpoint")
+    def GetLatestCheckpoint(
+        self, request: audit_pb2.GetLatestCheckpointRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.Checkpoint:
+        """The newest signed checkpoint, to keep outside the appliance."""
+        self._require_log()
+        note = latest_checkpoint(self._dir)
+        if note is None:
+            raise AuditError("no checkpoint has been signed yet; try again in a minute")
+        size = int(note.split("\n")[1])
+        return audit_pb2.Checkpoint(note=note, size=size, audit_public_key_spki=self._public_key())

@@ -1,0 +1,173 @@
+"""``signer.v1.KeyAdmin``: key ceremonies for security officers, under dual control."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from signer.errors import InvalidRequest
+from signer.keys.dual_control import PendingChange
+from signer.keys.registry import ChangeOutcome, KeyRegistry, KeyView
+from signer.service.auth import certificate_identities
+from signer.service.metrics import Metrics
+from signer.service.rpc import instrumented
+from signer.service.signing import timestamp
+from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
+
+
+def officer_identity(context: grpc.ServicerContext, claimed: str) -> str:
+    """The officer: the client certificate's identity when there is one, else the request field.
+
+    Without mTLS (loopback development only) the identity is whatever the caller claims; with
+    mTLS a claimed identity is ignored, so dual control rests on two different certificates.
+    """
+    names = certificate_identities(context.auth_context())
+    if names:
+        return names[0]
+    if not claimed.strip():
+        raise InvalidRequest("officer is required: say who you are (e.g. --officer alice)")
+    return claimed.strip()
+
+
+def key_info(view: KeyView) -> key_admin_pb2.KeyInfo:
+    """The API form of a key."""
+    r = view.record
+    return key_admin_pb2.KeyInfo(
+        key_id=r.key_id,
+        profile=r.profile,
+        label=r.label,
+        state=r.state.value,
+        effective_state=view.effective_state,
+        kid=r.kid or b"",
+        dsc_der=view.dsc_der or b"",
+        not_before=timestamp(r.dsc_not_before),
+        not_after=timestamp(r.dsc_not_after),
+        created_at=timestamp(r.created_at),
+        activate_at=timestamp(r.activate_at),
+        usable_until=timestamp(view.usable_until),
+    )
+
+
+def change_info(change: PendingChange) -> key_admin_pb2.PendingChange:
+    """The API form of a pending change."""
+    at = change.params.get("activate_at")
+    return key_admin_pb2.PendingChange(
+        change_id=change.change_id,
+        action=change.action,
+        key_id=change.key_id,
+        requested_by=change.requested_by,
+        approvals=list(change.approvals),
+        requested_at=timestamp(change.requested_at),
+        expires_at=timestamp(change.expires_at),
+        activate_at=timestamp(at) if isinstance(at, datetime) else None,
+        force=bool(change.params.get("force")),
+        reason=str(change.params.get("reason") or ""),
+    )
+
+
+def _outcome(outcome: ChangeOutcome) -> key_admin_pb2.ChangeResponse:
+    return key_admin_pb2.ChangeResponse(
+        change=change_info(outcome.change), applied=outcome.applied, key=key_info(outcome.key)
+    )
+
+
+class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
+    """The officer-facing API."""
+
+    def __init__(
+        self, registry: KeyRegistry, metrics: Metrics, on_change: Callable[[], None]
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._on_change = on_change
+
+    @instrumented("GenerateKey")
+    def GenerateKey(
+        self, request: key_admin_pb2.GenerateKeyRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.GenerateKeyResponse:
+        """Generate a key in the HSM and return its CSR."""
+        officer = officer_identity(context, request.officer)
+        view, csr = self._registry.generate(request.profile, request.label, officer)
+        return key_admin_pb2.GenerateKeyResponse(key=key_info(view), csr_der=csr)
+
+    @instrumented("GetCsr")
+    def GetCsr(
+        self, request: key_admin_pb2.GetCsrRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.GetCsrResponse:
+        """The CSR of a key, again."""
+        return key_admin_pb2.GetCsrResponse(csr_der=self._registry.csr(request.key_id))
+
+    @instrumented("ImportCertificate")
+    def ImportCertificate(
+        self, request: key_admin_pb2.ImportCertificateRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.KeyInfo:
+        """Check and store the DSC the CSCA issued for a key."""
+        officer = officer_identity(context, request.officer)
+        view = self._registry.import_certificate(request.key_id, request.certificate, officer)
+        return key_info(view)
+
+    @instrumented("Activate")
+    def Activate(
+        self, request: key_admin_pb2.ActivateRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ChangeResponse:
+        """Request (or, with one approval required, perform) a scheduled activation."""
+        officer = officer_identity(context, request.officer)
+        at = request.activate_at.ToDatetime(tzinfo=UTC) if request.HasField("activate_at") else None
+        outcome = self._registry.request_change(
+            "activate", request.key_id, officer, {"activate_at": at}
+        )
+        self._on_change()
+        return _outcome(outcome)
+
+    @instrumented("Retire")
+    def Retire(
+        self, request: key_admin_pb2.RetireRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ChangeResponse:
+        """Request retirement of a key."""
+        officer = officer_identity(context, request.officer)
+        outcome = self._registry.request_change(
+            "retire", request.key_id, officer, {"reason": request.reason}
+        )
+        self._on_change()
+        return _outcome(outcome)
+
+    @instrumented("Destroy")
+    def Destroy(
+        self, request: key_admin_pb2.DestroyRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ChangeResponse:
+        """Request destruction of a retired key's private key."""
+        officer = officer_identity(context, request.officer)
+        outcome = self._registry.request_change(
+            "destroy", request.key_id, officer, {"force": request.force, "reason": request.reason}
+        )
+        return _outcome(outcome)
+
+    @instrumented("Approve")
+    def Approve(
+        self, request: key_admin_pb2.ApproveRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ChangeResponse:
+        """Approve another officer's pending change."""
+        officer = officer_identity(context, request.officer)
+        outcome = self._registry.approve(request.change_id, officer)
+        self._on_change()
+        return _outcome(outcome)
+
+    @instrumented("ListKeys")
+    def ListKeys(
+        self, request: key_admin_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ListKeysResponse:
+        """All keys with their states."""
+        return key_admin_pb2.ListKeysResponse(
+            keys=[key_info(v) for v in self._registry.list_keys(request.profile)]
+        )
+
+    @instrumented("ListChanges")
+    def ListChanges(
+        self, request: key_admin_pb2.ListChangesRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ListChangesResponse:
+        """Changes waiting for a second officer."""
+        return key_admin_pb2.ListChangesResponse(
+            changes=[change_info(c) for c in self._registry.pending_changes()]
+        )

@@ -1,0 +1,182 @@
+"""Prometheus metrics of the appliance (served on their own HTTP port).
+
+Names follow the Prometheus conventions: ``signer_`` prefix, base units, ``_total`` for
+counters, ``_seconds`` for durations. Labels never carry digests, PINs or request ids.
+Live state (workers, keys, audit head) is read when Prometheus scrapes, by a collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+@dataclass(frozen=True)
+class KeyGaugeRow:
+    """One key as the metrics see it."""
+
+    key_id: str
+    kid_hex: str
+    profile: str
+    state: str
+    dsc_expires_in_seconds: float | None
+    stops_signing_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Values read at scrape time."""
+
+    workers_configured: int
+    workers_up: int
+    worker_restarts: int
+    hsm_up: bool
+    serving: bool
+    audit_healthy: bool
+    audit_last_sequence: int
+    audit_last_checkpoint_unix: float | None
+    keys: tuple[KeyGaugeRow, ...]
+
+
+class _LiveCollector(Collector):
+    def __init__(self, read: Callable[[], LiveState]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._read()
+        yield _gauge(
+            "signer_hsm_workers", "Signing worker processes configured.", state.workers_configured
+        )
+        yield _gauge("signer_hsm_workers_up", "Signing worker processes alive.", state.workers_up)
+        restarts = CounterMetricFamily(
+            "signer_hsm_worker_restarts", "Signing worker processes replaced after dying."
+        )
+        restarts.add_metric([], state.worker_restarts)
+        yield restarts
+        yield _gauge(
+            "signer_hsm_up", "1 when the HSM answered the last health probe.", float(state.hsm_up)
+        )
+        yield _gauge("signer_serving", "1 when the health status is SERVING.", float(state.serving))
+        yield _gauge(
+            "signer_audit_healthy",
+            "1 when the audit log can be written.",
+            float(state.audit_healthy),
+        )
+        yield _gauge(
+            "signer_audit_last_sequence",
+            "Sequence number of the newest audit record.",
+            state.audit_last_sequence,
+        )
+        if state.audit_last_checkpoint_unix is not None:
+            yield _gauge(
+                "signer_audit_last_checkpoint_timestamp_seconds",
+                "Unix time of the newest signed checkpoint.",
+                state.audit_last_checkpoint_unix,
+            )
+        info = GaugeMetricFamily(
+            "signer_key_info",
+            "Keys on the token (value 1).",
+            labels=["key_id", "kid", "profile", "state"],
+        )
+        expiry = GaugeMetricFamily(
+            "signer_key_dsc_expiry_seconds",
+            "Seconds until the key's DSC expires.",
+            labels=["key_id", "kid", "profile"],
+        )
+        remaining = GaugeMetricFamily(
+            "signer_key_signing_remaining_seconds",
+            "Seconds until the key must stop signing (usage period or credential lifetime).",
+            labels=["key_id", "kid", "profile"],
+        )
+        for row in state.keys:
+            info.add_metric([row.key_id, row.kid_hex, row.profile, row.state], 1)
+            if row.dsc_expires_in_seconds is not None:
+                expiry.add_metric(
+                    [row.key_id, row.kid_hex, row.profile], row.dsc_expires_in_seconds
+                )
+            if row.stops_signing_in_seconds is not None:
+                remaining.add_metric(
+                    [row.key_id, row.kid_hex, row.profile], row.stops_signing_in_seconds
+                )
+        yield info
+        yield expiry
+        yield remaining
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class Metrics:
+    """All metrics of one daemon, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "signer_requests", "gRPC requests handled.", ["method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "signer_request_duration_seconds",
+            "gRPC request latency.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.signatures = Counter(
+            "signer_signatures", "Signatures returned.", ["profile", "kid"], registry=r
+        )
+        self.batch_size = Histogram(
+            "signer_batch_size_digests",
+            "Digests per signing request.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.hsm_sign_seconds = Histogram(
+            "signer_hsm_sign_duration_seconds",
+            "Time the HSM workers took to sign one request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hsm_errors = Counter("signer_hsm_errors", "HSM errors.", ["kind"], registry=r)
+        self.audit_append_seconds = Histogram(
+            "signer_audit_append_duration_seconds",
+            "Time until an audit record was durable.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_records = Counter(
+            "signer_audit_records", "Audit records written.", ["event"], registry=r
+        )
+        self.audit_failures = Counter("signer_audit_failures", "Failed audit appends.", registry=r)
+        self.auth_refusals = Counter(
+            "signer_auth_refusals",
+            "Requests refused by authentication or authorisation.",
+            ["reason"],
+            registry=r,
+        )
+        self.quota_rejections = Counter(
+            "signer_quota_rejections", "Requests refused by a quota.", ["reason"], registry=r
+        )
+        self.key_warnings = Counter(
+            "signer_key_expiry_warnings",
+            "Warnings that a key will soon stop signing.",
+            ["profile"],
+            registry=r,
+        )
+
+    def watch(self, read: Callable[[], LiveState]) -> None:
+        """Register the scrape-time collector of live state."""
+        self.registry.register(_LiveCollector(read))
+
+    def serve(self, listen: str) -> None:
+        """Expose ``/metrics`` over HTTP on ``host:port``."""
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)

@@ -1,0 +1,84 @@
+"""One wrapper for every RPC: identity, errors -> status codes, metrics and the request log line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from signer.errors import KidNotAccepted, QuotaExceeded, SignerError
+from signer.service.auth import caller_identity
+from signer.service.metrics import Metrics
+from signer.service.status import status_code
+
+log = logging.getLogger("signer.rpc")
+
+CURRENT_KID_METADATA = "signer-current-kid-bin"
+RETRY_AFTER_METADATA = "signer-retry-after-seconds"
+
+_R = TypeVar("_R")
+Handler = Callable[[Any, Any, grpc.ServicerContext], _R]
+
+
+def peer_identity(context: grpc.ServicerContext) -> str:
+    """Who is calling: the client certificate's identity, else the peer address."""
+    return caller_identity(context)
+
+
+def abort(context: grpc.ServicerContext, error: SignerError) -> None:
+    """End the call with the status code and message that belong to ``error``."""
+    trailing: list[tuple[str, str | bytes]] = []
+    if isinstance(error, KidNotAccepted) and error.current_kid:
+        trailing.append((CURRENT_KID_METADATA, error.current_kid))
+    if isinstance(error, QuotaExceeded):
+        trailing.append((RETRY_AFTER_METADATA, f"{error.retry_after:.3f}"))
+    if trailing:
+        context.set_trailing_metadata(tuple(trailing))
+    context.abort(status_code(error), str(error))
+
+
+def run_rpc(
+    metrics: Metrics, method: str, context: grpc.ServicerContext, call: Callable[[], _R]
+) -> _R:
+    """Run one RPC body: map SignerError to its status, count and time the call."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return call()
+    except SignerError as error:
+        code = status_code(error)
+        log.info("%s refused for %s: %s", method, peer_identity(context), error)
+        abort(context, error)
+        raise  # not reached: abort raises
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed", method)
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(method, code.name).inc()
+        metrics.request_seconds.labels(method).observe(elapsed)
+        log.debug(
+            "rpc method=%s identity=%s code=%s duration_ms=%.2f",
+            method,
+            peer_identity(context),
+            code.name,
+            elapsed * 1000,
+        )
+
+
+def instrumented(method: str) -> Callable[[Handler[_R]], Handler[_R]]:
+    """Decorate a unary servicer method of a class that has a ``_metrics`` attribute."""
+
+    def decorate(func: Handler[_R]) -> Handler[_R]:
+        @functools.wraps(func)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> _R:
+            return run_rpc(self._metrics, method, context, lambda: func(self, request, context))
+
+        return wrapper
+
+    return decorate

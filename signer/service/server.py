@@ -1,0 +1,275 @@
+"""Wire the parts into a daemon: workers first, then audit, keys, gRPC, metrics and health."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from signer.audit.log import AuditLog
+from signer.config import Settings, TlsSettings, check_private_file
+from signer.errors import ConfigError, SignerError
+from signer.hsm.pool import WorkerPool
+from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_signing
+from signer.keys.registry import KeyRegistry, make_registry
+from signer.service.audit_service import AuditService
+from signer.service.auth import AuthInterceptor, Roles
+from signer.service.health import HealthFacts, HealthMonitor
+from signer.service.key_admin import KeyAdminService
+from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
+from signer.service.quota import Quotas
+from signer.service.signing import SigningService
+from signer.service.trail import AuditTrail, audit_log_public_key, open_audit_log
+from signer.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    key_admin_pb2,
+    key_admin_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(listen: str) -> bool:
+    """True when a ``host:port`` listen address only accepts local connections."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials(tls: TlsSettings, listen: str) -> grpc.ServerCredentials | None:
+    """mTLS credentials, or None for plaintext, which only loopback + opt-in may have."""
+    if not tls.enabled:
+        if tls.insecure_loopback and is_loopback(listen):
+            return None
+        raise ConfigError(
+            f"refusing to serve {listen} without TLS: set [server.tls] cert, key and client_ca"
+            " (mutual TLS), or for local experiments listen on 127.0.0.1 with"
+            " insecure_loopback = true"
+        )
+    if tls.key is None or tls.cert is None or tls.client_ca is None:
+        raise ConfigError("[server.tls] needs cert, key and client_ca for mutual TLS")
+    check_private_file(tls.key, "TLS private key")
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+@dataclass
+class _Hsm:
+    ok: bool = False
+
+
+class Daemon:
+    """One signing appliance process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.pool = WorkerPool(settings.hsm)
+        self.registry: KeyRegistry | None = None
+        self.trail: AuditTrail | None = None
+        self.health: HealthMonitor | None = None
+        self.server: grpc.Server | None = None
+        self.port = 0
+        self._hsm = _Hsm()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start workers, open audit and keys, then serve gRPC and metrics."""
+        s = self.settings
+        credentials = server_credentials(s.server.tls, s.server.listen)
+        self.pool.start()
+        self._hsm.ok = True
+        audit_log, audit_spki = self._open_audit()
+        self.trail = AuditTrail(
+            audit_log, self.metrics, s.audit.store_signatures, self._health_now, audit_spki
+        )
+        self.registry = make_registry(self.pool, s, self._lifecycle_event)
+        self.registry.refresh()
+        self.trail.record_event(
+            "daemon_start", {"listen": s.server.listen, "workers": self.pool.size}
+        )
+        self.health = HealthMonitor(self._health_facts)
+        self.server = self._grpc_server(credentials)
+        self.server.start()
+        self.health.check()
+        if s.metrics.listen:
+            self.metrics.watch(self._live_state)
+            self.metrics.serve(s.metrics.listen)
+        self._spawn(self.registry.run_refresher, "key-refresher")
+        self._spawn(self.health.run, "health")
+        log.info("signer serving on %s with %d HSM workers", s.server.listen, self.pool.size)
+
+    def _grpc_server(self, credentials: grpc.ServerCredentials | None) -> grpc.Server:
+        s = self.settings
+        assert self.registry is not None and self.trail is not None and self.health is not None
+        limit = s.server.max_message_bytes
+        roles = Roles.from_settings(s.roles)
+        interceptor = AuthInterceptor(
+            roles, enforce=credentials is not None, on_refusal=self._auth_refused
+        )
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.server.threads, thread_name_prefix="rpc"),
+            interceptors=[interceptor],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=s.server.threads * 8,
+        )
+        quotas = Quotas(s.quota, on_reject=lambda r: self.metrics.quota_rejections.labels(r).inc())
+        signing_pb2_grpc.add_SigningServicer_to_server(
+            SigningService(
+                self.pool, self.registry, self.trail, self.metrics, quotas, s.server.max_batch
+            ),
+            server,
+        )
+        services = [
+            signing_pb2.DESCRIPTOR.services_by_name["Signing"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        if s.server.admin_enabled and (credentials is not None or is_loopback(s.server.listen)):
+            key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
+                KeyAdminService(self.registry, self.metrics, self._health_now), server
+            )
+            services.append(key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name)
+        audit_pb2_grpc.add_AuditServicer_to_server(
+            AuditService(self.trail, self.settings.audit.directory, self.metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection(services, server)
+        if credentials is None:
+            self.port = server.add_insecure_port(s.server.listen)
+        else:
+            self.port = server.add_secure_port(s.server.listen, credentials)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {s.server.listen}: address in use or invalid")
+        return server
+
+    def _open_audit(self) -> tuple[AuditLog | None, bytes]:
+        if not self.settings.audit.enabled:
+            log.warning("audit log DISABLED by configuration: signatures are not recorded")
+            return None, b""
+        audit_log = open_audit_log(self.pool, self.settings, lambda healthy: self._health_now())
+        return audit_log, audit_log_public_key(self.pool, self.settings)
+
+    def _lifecycle_event(self, name: str, details: Mapping[str, Any]) -> None:
+        assert self.trail is not None
+        self.trail.record_event(name, details)
+
+    def _auth_refused(self, reason: str, identity: str, method: str) -> None:
+        self.metrics.auth_refusals.labels(reason).inc()
+        if self.trail is not None:
+            try:
+                self.trail.record_event(
+                    "auth_refused", {"reason": reason, "method": method}, identity=identity
+                )
+            except SignerError:
+                log.error("could not record an authentication refusal in the audit log")
+
+    def _health_now(self) -> None:
+        if self.health is not None:
+            threading.Thread(target=self.health.check, daemon=True).start()
+
+    def _health_facts(self) -> HealthFacts:
+        assert self.registry is not None and self.trail is not None
+        try:
+            self.pool.call("ping")
+            self._hsm.ok = True
+        except SignerError:
+            self._hsm.ok = False
+            self.metrics.hsm_errors.labels("ping").inc()
+        missing = tuple(
+            p for p in self.registry.profiles if self.registry.signing_view(p).active is None
+        )
+        return HealthFacts(
+            hsm_answers=self._hsm.ok,
+            workers_up=self.pool.workers_up,
+            audit_writable=self.trail.healthy,
+            profiles_without_key=missing,
+        )
+
+    def _live_state(self) -> LiveState:
+        assert self.registry is not None and self.trail is not None
+        now = datetime.now(UTC)
+        rows = []
+        for view in self.registry.list_keys():
+            r = view.record
+            dsc_left = seconds_until_dsc_expiry(r.dsc_not_after, now) if r.dsc_not_after else None
+            signing_left = None
+            if r.activate_at and r.dsc_not_after and view.effective_state == "active":
+                signing_left = seconds_until_stop_signing(
+                    activated_at=r.activate_at,
+                    dsc_not_after=r.dsc_not_after,
+                    now=now,
+                    policy=self.registry.policy,
+                )
+            rows.append(
+                KeyGaugeRow(
+                    r.key_id,
+                    (r.kid or b"").hex(),
+                    r.profile,
+                    view.effective_state,
+                    dsc_left,
+                    signing_left,
+                )
+            )
+        audit_log = self.trail.log
+        return LiveState(
+            workers_configured=self.pool.size,
+            workers_up=self.pool.workers_up,
+            worker_restarts=self.pool.restarts,
+            hsm_up=self._hsm.ok,
+            serving=bool(self.health and self.health.serving),
+            audit_healthy=self.trail.healthy,
+            audit_last_sequence=audit_log.size if audit_log else 0,
+            audit_last_checkpoint_unix=None,
+            keys=tuple(rows),
+        )
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        assert self.server is not None
+        self.server.wait_for_termination()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving, record the stop, close the audit log and the workers."""
+        if self.health is not None:
+            self.health.stop()
+        if self.registry is not None:
+            self.registry.stop()
+        if self.server is not None:
+            self.server.stop(grace).wait()
+        if self.trail is not None and self.trail.log is not None:
+            try:
+                self.trail.record_event("daemon_stop", {})
+                self.trail.log.close()
+            except SignerError as exc:
+                log.error("closing the audit log failed: %s", exc)
+        self.pool.close()

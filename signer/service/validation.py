@@ -1,0 +1,45 @@
+"""Pure checks of incoming requests, done before anything reaches the HSM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from signer.errors import InvalidRequest
+from signer.hsm.mechanisms import SHA256_DIGEST_BYTES, SignatureEncoding
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+def check_digests(digests: Sequence[bytes], max_batch: int) -> None:
+    """Refuse an empty or oversized batch and any digest that is not exactly 32 bytes."""
+    if not digests:
+        raise InvalidRequest("the batch is empty: send at least one SHA-256 digest")
+    if len(digests) > max_batch:
+        raise InvalidRequest(
+            f"the batch has {len(digests)} digests, more than this server's max_batch of "
+            f"{max_batch}; split it into batches of at most {max_batch}"
+        )
+    for index, digest in enumerate(digests):
+        if len(digest) != SHA256_DIGEST_BYTES:
+            raise InvalidRequest(
+                f"digests[{index}] is {len(digest)} bytes; every digest must be a SHA-256 "
+                f"digest of exactly {SHA256_DIGEST_BYTES} bytes"
+            )
+
+
+def check_request_id(request_id: str) -> str:
+    """Refuse request ids that would bloat the audit log or the logs."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters")
+    if not request_id.isprintable():
+        raise InvalidRequest("request_id contains non-printable characters")
+    return request_id
+
+
+def encoding_for(format_value: int) -> SignatureEncoding:
+    """Map the API's SignatureFormat number to an encoding; 0 (unspecified) means raw."""
+    if format_value in (0, 1):
+        return SignatureEncoding.RAW
+    if format_value == 2:
+        return SignatureEncoding.DER
+    raise InvalidRequest(f"unknown signature format {format_value}; use RAW (1) or DER (2)")
