@@ -71,6 +71,7 @@ class HsmSettings:
     audit_key_label: str = "signer-audit"
     csca_key_label: str = "dev-csca"
     copy_keys_to_session: bool = True
+    timeout_seconds: float = 30.0
 
     @property
     def worker_count(self) -> int:
@@ -360,6 +361,7 @@ def _hsm(t: _Reader) -> HsmSettings:
         audit_key_label=t.text("audit_key_label", "signer-audit") or "signer-audit",
         csca_key_label=t.text("csca_key_label", "dev-csca") or "dev-csca",
         copy_keys_to_session=t.flag("copy_keys_to_session", True),
+        timeout_seconds=t.number("timeout_seconds", 30.0, minimum=0.1),
     )
 
 

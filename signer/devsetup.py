@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from asn1crypto import pem
+
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.config import Settings, check_private_file, read_pin
@@ -29,13 +31,14 @@ from signer.keys.lifecycle import KeyState
 from signer.keys.pem import certificate_der, certificate_pem, load_certificate
 from signer.keys.registry import KeyRegistry, make_registry
 from signer.keys.spki import load_p256_spki
-from signer.service.trail import open_audit_log
+from signer.service.trail import audit_log_public_key, open_audit_log
 
 log = logging.getLogger(__name__)
 
 SETUP_ACTOR = "softhsm_setup"
 DEV_DSC_VALIDITY = timedelta(days=730)
 DEV_CSCA_VALIDITY = timedelta(days=3650)
+AUDIT_PUBLIC_KEY_FILE = "audit-public-key.pem"
 
 
 def dev_setup(settings: Settings, so_pin_file: Path) -> None:
@@ -56,6 +59,7 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
         ensure_csca_certificate(pool, settings, csca_key)
         if settings.audit.enabled:
             audit_log = open_audit_log(pool, settings)
+            export_audit_public_key(pool, settings)
         one_officer = replace(settings, keys=replace(settings.keys, approvals_required=1))
         registry = make_registry(pool, one_officer, _recorder(audit_log))
         registry.refresh()
@@ -78,6 +82,14 @@ def ensure_key(pool: WorkerPool, label: str) -> str:
         generated = pool.call("generate_key", label=label)
         log.info("generated key %r in the HSM", label)
         return str(generated.key_id)
+
+
+def export_audit_public_key(pool: WorkerPool, settings: Settings) -> Path:
+    """Write the audit key's public half (PEM) beside the audit folder, for auditors."""
+    path = settings.audit.directory.parent / AUDIT_PUBLIC_KEY_FILE
+    spki = audit_log_public_key(pool, settings)
+    path.write_bytes(pem.armor("PUBLIC KEY", spki))
+    return path
 
 
 def ensure_csca_certificate(pool: WorkerPool, settings: Settings, csca_key: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from asn1crypto import x509
 from pkcs11 import Attribute, CertificateType, KeyType, MechanismFlag, ObjectClass, Session
-from pkcs11.exceptions import NoSuchKey, PKCS11Error
+from pkcs11.exceptions import PKCS11Error
 from pkcs11.types import Object, PrivateKey, PublicKey
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
@@ -62,39 +62,57 @@ def generate_ec_key(session: Session, label: str, key_id: bytes | None = None) -
         raise wrap_error(exc, f"generating key {label!r}") from None
 
 
+def _find_one(session: Session, template: dict[Attribute, Any], what: str) -> Object:
+    """The single object matching ``template``.
+
+    ``Session.get_key`` is not used: when nothing matches it leaves the token's search
+    operation open, and every later search in that session fails with OperationActive.
+    """
+    try:
+        # Session copies made for speed carry the same id and label; only token objects count.
+        found = list(session.get_objects({**template, Attribute.TOKEN: True}))
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"finding {what}") from None
+    if not found:
+        raise KeyNotFound(f"no {what} on the token")
+    if len(found) > 1:
+        raise KeyNotFound(f"{len(found)} objects match {what}; the token is inconsistent")
+    return found[0]
+
+
 def private_key(session: Session, key_id: str) -> PrivateKey:
     """The token private key with this identifier."""
-    try:
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=bytes.fromhex(key_id))
-        assert isinstance(key, PrivateKey)
-        return key
-    except NoSuchKey:
-        raise KeyNotFound(f"no private key with id {key_id} on the token") from None
-    except PKCS11Error as exc:
-        raise wrap_error(exc, f"finding key {key_id}") from None
+    key = _find_one(
+        session,
+        {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: bytes.fromhex(key_id)},
+        f"private key with id {key_id}",
+    )
+    assert isinstance(key, PrivateKey)
+    return key
 
 
 def public_key_spki(session: Session, key_id: str) -> bytes:
     """SubjectPublicKeyInfo (DER) of the key with this identifier."""
+    key = _find_one(
+        session,
+        {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: bytes.fromhex(key_id)},
+        f"public key with id {key_id}",
+    )
+    assert isinstance(key, PublicKey)
     try:
-        key = session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=bytes.fromhex(key_id))
-        assert isinstance(key, PublicKey)
         return bytes(encode_ec_public_key(key))
-    except NoSuchKey:
-        raise KeyNotFound(f"no public key with id {key_id} on the token") from None
     except PKCS11Error as exc:
         raise wrap_error(exc, f"reading public key {key_id}") from None
 
 
 def key_id_by_label(session: Session, label: str) -> str:
     """Identifier of the private key with this label (audit key, dev CSCA key)."""
-    try:
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-        return bytes(key[Attribute.ID]).hex()
-    except NoSuchKey:
-        raise KeyNotFound(f"no private key labelled {label!r} on the token") from None
-    except PKCS11Error as exc:
-        raise wrap_error(exc, f"finding key {label!r}") from None
+    key = _find_one(
+        session,
+        {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label},
+        f"private key labelled {label!r}",
+    )
+    return bytes(key[Attribute.ID]).hex()
 
 
 def private_key_attributes(session: Session, key_id: str) -> dict[str, bool]:

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 # Below this many digests a batch is not split: the IPC round trip would cost more than it saves.
 MIN_CHUNK = 128
-JOB_TIMEOUT_SECONDS = 60.0
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -144,10 +143,11 @@ class WorkerPool:
 
     def _wait(self, job: _Job) -> Any:
         try:
-            return job.future.result(timeout=JOB_TIMEOUT_SECONDS)
+            return job.future.result(timeout=self._settings.timeout_seconds)
         except FutureTimeout:
             raise HsmUnavailable(
-                f"the HSM did not answer {job.name} within {JOB_TIMEOUT_SECONDS:.0f} s"
+                f"the HSM did not answer {job.name} within {self._settings.timeout_seconds:g} s;"
+                " check the HSM"
             ) from None
 
     def _submit(self, name: str, kwargs: dict[str, Any], weight: int, retries: int = 1) -> _Job:
