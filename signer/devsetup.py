@@ -22,6 +22,7 @@ from asn1crypto import pem
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.config import Settings, check_private_file, read_pin
+from signer.dev_tls import ensure_dev_tls
 from signer.errors import KeyNotFound
 from signer.hsm.mechanisms import SignatureEncoding
 from signer.hsm.pool import WorkerPool
@@ -45,6 +46,9 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
     """Create whatever the dev token still lacks (token, keys, certificates, active keys)."""
     for key, value in settings.hsm.environment().items():
         os.environ[key] = value
+    tls = settings.server.tls
+    if settings.keys.dev and tls.enabled and tls.cert is not None:
+        ensure_dev_tls(tls.cert.parent)
     if not token_exists(settings.hsm.module, settings.hsm.token_label):
         check_private_file(so_pin_file, "SO PIN file")
         so_pin = so_pin_file.read_text(encoding="utf-8").strip()
