@@ -18,8 +18,10 @@ from signer.client.client import SignerClient
 from signer.client.connect import add_connection_options, make_client
 from signer.config import load
 from signer.dcc import cli as dcc_cli
-from signer.errors import SignerError
+from signer.errors import ConfigError, SignerError
 from signer.logs import configure_logging
+
+EXIT_CONFIG = 78  # EX_CONFIG: systemd need not restart a daemon whose configuration is wrong
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except ConfigError as error:
+        print(f"signer: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except SignerError as error:
         print(f"signer: {error}", file=sys.stderr)
         return 1

@@ -143,6 +143,7 @@ class ClientSettings:
 
     ca: Path | None = None
     cert_dir: Path | None = None
+    server_name: str = "localhost"
 
 
 @dataclass(frozen=True)
@@ -202,12 +203,35 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
     reader.reject_unknown()
     if not settings.profiles:
         raise ConfigError(f"{source}: 'profiles' must name at least one certificate profile")
+    _check_production_rules(settings)
     unknown = sorted(set(settings.profiles) - set(KNOWN_PROFILES))
     if unknown:
         raise ConfigError(
             f"{source}: unknown profile(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROFILES)}"
         )
     return settings
+
+
+def _check_production_rules(settings: Settings) -> None:
+    """Outside dev configurations, refuse settings that would weaken the appliance."""
+    if settings.keys.dev:
+        return
+    where = settings.source
+    if settings.keys.approvals_required < 2:
+        raise ConfigError(f"{where}: [keys] approvals_required must be >= 2 unless dev = true")
+    if not settings.audit.enabled:
+        raise ConfigError(f"{where}: [audit] enabled = false is only allowed with dev = true")
+    if settings.keys.csca_cert is None:
+        raise ConfigError(
+            f"{where}: [keys] csca_cert is required unless dev = true: imported DSCs must chain"
+            " to the national CSCA"
+        )
+    quota = settings.quota
+    if quota.signatures_per_second and quota.burst < settings.server.max_batch:
+        raise ConfigError(
+            f"{where}: [quota] burst ({quota.burst}) is below [server] max_batch"
+            f" ({settings.server.max_batch}); every full batch would be refused"
+        )
 
 
 def read_pin(hsm: HsmSettings) -> str:
@@ -409,7 +433,11 @@ def _quota(t: _Reader) -> QuotaSettings:
 
 
 def _client(t: _Reader) -> ClientSettings:
-    return ClientSettings(ca=t.path("ca"), cert_dir=t.path("cert_dir"))
+    return ClientSettings(
+        ca=t.path("ca"),
+        cert_dir=t.path("cert_dir"),
+        server_name=t.text("server_name", "localhost") or "localhost",
+    )
 
 
 def _log(t: _Reader) -> LogSettings:

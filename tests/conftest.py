@@ -160,12 +160,41 @@ class Appliance:
 
     def health(self, service: str = "") -> int | None:
         try:
-            with grpc.insecure_channel(self.address) as channel:
+            with self._open_channel("issuer") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                 return int(reply.status)
         except grpc.RpcError:
             return None
+
+    @property
+    def tls_dir(self) -> Path | None:
+        cert = self.config["server"].get("tls", {}).get("cert")
+        return Path(cert).parent if cert else None
+
+    def credentials(self, identity: str) -> grpc.ChannelCredentials:
+        """Client mTLS credentials of one of the dev identities (issuer, officer, ...)."""
+        assert self.tls_dir is not None
+        return grpc.ssl_channel_credentials(
+            root_certificates=(self.tls_dir / "ca.pem").read_bytes(),
+            private_key=(self.tls_dir / f"{identity}.key").read_bytes(),
+            certificate_chain=(self.tls_dir / f"{identity}.pem").read_bytes(),
+        )
+
+    def _open_channel(
+        self, identity: str, credentials: grpc.ChannelCredentials | None = None
+    ) -> grpc.Channel:
+        limit = 64 * 1024 * 1024
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.ssl_target_name_override", "localhost"),
+        ]
+        if self.tls_dir is None and credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(
+            self.address, credentials or self.credentials(identity), options=options
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -185,23 +214,19 @@ class Appliance:
                 self.process.wait()
         self.process = None
 
-    def channel(self) -> grpc.Channel:
-        limit = 64 * 1024 * 1024
-        channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ],
-        )
+    def channel(
+        self, identity: str = "issuer", credentials: grpc.ChannelCredentials | None = None
+    ) -> grpc.Channel:
+        """A channel to the daemon (mTLS as ``identity`` when the appliance uses TLS)."""
+        channel = self._open_channel(identity, credentials)
         self.channels.append(channel)
         return channel
 
-    def signing(self) -> signing_pb2_grpc.SigningStub:
-        return signing_pb2_grpc.SigningStub(self.channel())
+    def signing(self, identity: str = "issuer") -> signing_pb2_grpc.SigningStub:
+        return signing_pb2_grpc.SigningStub(self.channel(identity))
 
-    def key_admin(self) -> key_admin_pb2_grpc.KeyAdminStub:
-        return key_admin_pb2_grpc.KeyAdminStub(self.channel())
+    def key_admin(self, identity: str = "officer") -> key_admin_pb2_grpc.KeyAdminStub:
+        return key_admin_pb2_grpc.KeyAdminStub(self.channel(identity))
 
     def signing_key(self, profile: str = "vaccination") -> signing_pb2.SigningKey:
         return self.signing().GetSigningKey(
@@ -288,8 +313,32 @@ def base_config(home: Path, port: int, metrics_port: int) -> dict[str, Any]:
     }
 
 
+def mtls_overrides(home: Path) -> dict[str, Any]:
+    """Config for mutual TLS with the dev certificates dev-setup makes in ``home/tls``."""
+    tls = home / "tls"
+    return {
+        "server": {
+            "tls": {
+                "insecure_loopback": False,
+                "cert": str(tls / "server.pem"),
+                "key": str(tls / "server.key"),
+                "client_ca": str(tls / "ca.pem"),
+            }
+        },
+        "client": {"ca": str(tls / "ca.pem"), "cert_dir": str(tls)},
+        "roles": {
+            "issuer": ["CN=issuer"],
+            "officer": ["CN=officer", "CN=officer2"],
+            "auditor": ["CN=auditor"],
+        },
+    }
+
+
 def new_appliance(
-    home: Path, overrides: dict[str, Any] | None = None, token_dir: Path | None = None
+    home: Path,
+    overrides: dict[str, Any] | None = None,
+    token_dir: Path | None = None,
+    mtls: bool = False,
 ) -> Appliance:
     """Write token config, PIN files and signer config under ``home`` (nothing started)."""
     if shutil.which("softhsm2-util") is None or not SOFTHSM_MODULE.exists():
@@ -308,7 +357,10 @@ def new_appliance(
             pin.write_text(secrets.token_urlsafe(18))
             pin.chmod(0o600)
     port, metrics_port = free_port(), free_port()
-    config = merge(base_config(home, port, metrics_port), overrides or {})
+    config = base_config(home, port, metrics_port)
+    if mtls:
+        config = merge(config, mtls_overrides(home))
+    config = merge(config, overrides or {})
     path = home / "signer.toml"
     path.write_text(render_toml(config))
     return Appliance(home, path, config, port, metrics_port)
@@ -327,8 +379,9 @@ def make_appliance(tmp_path: Path) -> Iterator[MakeAppliance]:
         name: str = "a",
         start: bool = True,
         token_dir: Path | None = None,
+        mtls: bool = False,
     ) -> Appliance:
-        appliance = new_appliance(tmp_path / name, overrides, token_dir)
+        appliance = new_appliance(tmp_path / name, overrides, token_dir, mtls)
         made.append(appliance)
         appliance.setup()
         if start:

@@ -25,7 +25,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-MINIMAL = '[hsm]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\ntoken_label = "t"\npin_file = "pin"\n'
+MINIMAL = (
+    '[keys]\ncsca_cert = "csca.pem"\n'
+    '[hsm]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\ntoken_label = "t"\npin_file = "pin"\n'
+)
 
 
 def test_minimal_config_gets_dcc_defaults(tmp_path: Path) -> None:
@@ -60,6 +63,25 @@ def test_unknown_profile_and_bad_toml(tmp_path: Path) -> None:
         load(write(tmp_path, "[hsm\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ("approvals_required = 1\n", "approvals_required must be >= 2"),
+        ("", "only allowed with dev"),
+    ],
+)
+def test_production_rules(tmp_path: Path, keys: str, words: str) -> None:
+    text = MINIMAL.replace("[keys]\n", "[keys]\n" + keys)
+    if not keys:
+        text += "[audit]\nenabled = false\n"
+    with pytest.raises(ConfigError, match=words):
+        load(write(tmp_path, text))
+    no_csca = MINIMAL.replace('csca_cert = "csca.pem"\n', "")
+    with pytest.raises(ConfigError, match="csca_cert is required"):
+        load(write(tmp_path, no_csca))
+    assert load(write(tmp_path, no_csca.replace("[keys]\n", "[keys]\ndev = true\n"))).keys.dev
 
 
 def test_pin_file_must_be_private(tmp_path: Path) -> None:

@@ -58,10 +58,20 @@ def connection(args: argparse.Namespace, role: str) -> tuple[list[str], TlsFiles
     return targets, None
 
 
+def server_name(args: argparse.Namespace) -> str | None:
+    """The TLS name to check the server certificate against, when not the target's host."""
+    if getattr(args, "server_name", None):
+        return str(args.server_name)
+    settings = _settings(args)
+    return (
+        settings.client.server_name if settings is not None and settings.client.cert_dir else None
+    )
+
+
 def make_client(args: argparse.Namespace, role: str = "issuer") -> SignerClient:
     """A SignerClient for the appliance the arguments point at."""
     targets, tls = connection(args, role)
-    return SignerClient(targets, tls=tls, server_name="localhost" if tls else None)
+    return SignerClient(targets, tls=tls, server_name=server_name(args) if tls else None)
 
 
 def make_channel(args: argparse.Namespace, role: str) -> grpc.Channel:
@@ -75,9 +85,9 @@ def make_channel(args: argparse.Namespace, role: str) -> grpc.Channel:
         private_key=tls.key.read_bytes(),
         certificate_chain=tls.cert.read_bytes(),
     )
-    return grpc.secure_channel(
-        target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
-    )
+    name = server_name(args)
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def _unspecified(host: str) -> bool:

@@ -117,9 +117,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a client certificate issued by the appliance's client CA is required",
             )
-        if role not in self._roles.roles_of(names):
-            reason = "unknown_identity" if not self._roles.roles_of(names) else "wrong_role"
-            self._on_refusal(reason, names[0], method)
+        held = self._roles.roles_of(names)
+        if not held:
+            self._on_refusal("unknown_identity", names[0], method)
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{names[0]} is not a known identity of this appliance; ask the operator to"
+                " list it under [roles]",
+            )
+        if role not in held:
+            self._on_refusal("wrong_role", names[0], method)
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{names[0]} does not hold the role {role!r} needed for {method};"
