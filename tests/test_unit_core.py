@@ -174,3 +174,27 @@ def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
         fresh = (tmp_path / "signer" / "v1" / name).read_bytes()
         committed = (ROOT / "signer" / "v1" / name).read_bytes()
         assert fresh == committed, f"signer/v1/{name} is stale: run `make proto`"
+
+
+def test_json_log_lines_carry_the_rpc_fields() -> None:
+    import json
+    import logging
+
+    from signer.logs import JsonFormatter
+
+    record = logging.LogRecord("signer.access", logging.INFO, __file__, 1, "rpc %s", ("x",), None)
+    record.rpc = {
+        "method": "SignBatch",
+        "identity": "CN=issuer",
+        "code": "OK",
+        "duration_ms": 1.5,
+        "request_id": "r-1",
+    }
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "rpc x"
+    assert (line["method"], line["identity"], line["code"], line["request_id"]) == (
+        "SignBatch",
+        "CN=issuer",
+        "OK",
+        "r-1",
+    )

@@ -16,6 +16,7 @@ from signer.service.metrics import Metrics
 from signer.service.status import status_code
 
 log = logging.getLogger("signer.rpc")
+access = logging.getLogger("signer.access")
 
 CURRENT_KID_METADATA = "signer-current-kid-bin"
 RETRY_AFTER_METADATA = "signer-retry-after-seconds"
@@ -42,7 +43,11 @@ def abort(context: grpc.ServicerContext, error: SignerError) -> None:
 
 
 def run_rpc(
-    metrics: Metrics, method: str, context: grpc.ServicerContext, call: Callable[[], _R]
+    metrics: Metrics,
+    method: str,
+    context: grpc.ServicerContext,
+    call: Callable[[], _R],
+    request_id: str = "",
 ) -> _R:
     """Run one RPC body: map SignerError to its status, count and time the call."""
     started = time.perf_counter()
@@ -62,12 +67,21 @@ def run_rpc(
         elapsed = time.perf_counter() - started
         metrics.requests.labels(method, code.name).inc()
         metrics.request_seconds.labels(method).observe(elapsed)
-        log.debug(
-            "rpc method=%s identity=%s code=%s duration_ms=%.2f",
-            method,
-            peer_identity(context),
-            code.name,
+        fields = {
+            "method": method,
+            "identity": peer_identity(context),
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "request_id": request_id[:128],
+        }
+        access.info(
+            "rpc %s %s %s %.2f ms %s",
+            fields["method"],
+            fields["identity"],
+            fields["code"],
             elapsed * 1000,
+            fields["request_id"],
+            extra={"rpc": fields},
         )
 
 
@@ -77,7 +91,13 @@ def instrumented(method: str) -> Callable[[Handler[_R]], Handler[_R]]:
     def decorate(func: Handler[_R]) -> Handler[_R]:
         @functools.wraps(func)
         def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> _R:
-            return run_rpc(self._metrics, method, context, lambda: func(self, request, context))
+            return run_rpc(
+                self._metrics,
+                method,
+                context,
+                lambda: func(self, request, context),
+                str(getattr(request, "request_id", "")),
+            )
 
         return wrapper
 

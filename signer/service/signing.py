@@ -128,7 +128,11 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         """Answer each batch of the stream in order; a refusal ends the stream with its status."""
         for request in request_iterator:
             yield run_rpc(
-                self._metrics, "SignStream", context, partial(self._sign, request, context)
+                self._metrics,
+                "SignStream",
+                context,
+                partial(self._sign, request, context),
+                request.request_id,
             )
 
     @instrumented("GetTrustList")
