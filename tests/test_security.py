@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _client_cert(
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Appliance:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     from tests.conftest import new_appliance
 
     appliance = new_appliance(
@@ -80,7 +81,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Appliance:
     )
     appliance.setup()
     appliance.start()
-    yield appliance  # type: ignore[misc]
+    yield appliance
     appliance.stop()
 
 

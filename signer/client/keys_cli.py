@@ -87,6 +87,7 @@ def key_json(key: key_admin_pb2.KeyInfo) -> dict[str, Any]:
         "not_after": _time(key.not_after, key.HasField("not_after")),
         "activate_at": _time(key.activate_at, key.HasField("activate_at")),
         "usable_until": _time(key.usable_until, key.HasField("usable_until")),
+        "signatures_total": key.signatures_total,
     }
 
 
@@ -121,7 +122,17 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         return _emit(args, rows, "")
     _print_table(
-        rows, ["key_id", "profile", "label", "effective_state", "kid", "not_after", "usable_until"]
+        rows,
+        [
+            "key_id",
+            "profile",
+            "label",
+            "effective_state",
+            "kid",
+            "not_after",
+            "usable_until",
+            "signatures_total",
+        ],
     )
     return 0
 

@@ -430,6 +430,8 @@ class KeyRegistry:
         params: Mapping[str, dual_control.ParamValue],
     ) -> None:
         """Dry-run the transition so an impossible change is refused before approval."""
+        if action == "activate":
+            self._refuse_racing_activation(record)
         self._transition(action, record, params, actor="validation")
 
     def _transition(
@@ -444,7 +446,7 @@ class KeyRegistry:
             at = params.get("activate_at")
             return lifecycle.schedule_activation(
                 record,
-                at=at if isinstance(at, datetime) else now,
+                at=max(at if isinstance(at, datetime) else now, self._earliest_takeover(record)),
                 now=now,
                 actor=actor,
                 policy=self.policy,
@@ -465,7 +467,7 @@ class KeyRegistry:
         record = self.key(change.key_id).record
         actors = ", ".join((change.requested_by, *change.approvals))
         if change.action == "activate":
-            self._refuse_racing_activation(record, change)
+            self._refuse_racing_activation(record)
         updated = self._transition(change.action, record, change.params, actor=actors)
         if change.action == "destroy":
             self._pool.call("destroy_key_pair", key_id=record.key_id)
@@ -486,9 +488,25 @@ class KeyRegistry:
         self.refresh()
         return ChangeOutcome(change, True, self.key(change.key_id))
 
-    def _refuse_racing_activation(
-        self, record: KeyRecord, change: dual_control.PendingChange
-    ) -> None:
+    def _earliest_takeover(self, record: KeyRecord) -> datetime:
+        """The earliest moment a new key may take over a profile that has an active key.
+
+        Every daemon on the token must know of the activation before it takes effect, or a
+        client that got the new kid from one daemon is refused by another that still has the
+        old view. Daemons reload the records every ``refresh_interval``, so a rotation takes
+        effect no sooner than two intervals after it is applied. A profile without an active
+        key has no client to disturb and is activated at once.
+        """
+        now = self._clock()
+        if (
+            rotation.resolve_profile(self._records(), record.profile, now, self.policy).active
+            is None
+        ):
+            return now
+        return now + 2 * self._settings.refresh_interval
+
+    def _refuse_racing_activation(self, record: KeyRecord) -> None:
+        """Refuse a second pending takeover of one profile: one scheduled activation at a time."""
         now = self._clock()
         for other in self._records():
             if (

@@ -31,8 +31,8 @@ def officer_identity(context: grpc.ServicerContext, claimed: str) -> str:
     return claimed.strip()
 
 
-def key_info(view: KeyView) -> key_admin_pb2.KeyInfo:
-    """The API form of a key."""
+def key_info(view: KeyView, signatures_total: int = 0) -> key_admin_pb2.KeyInfo:
+    """The API form of a key; ``signatures_total`` counts what this daemon signed with it."""
     r = view.record
     return key_admin_pb2.KeyInfo(
         key_id=r.key_id,
@@ -47,6 +47,7 @@ def key_info(view: KeyView) -> key_admin_pb2.KeyInfo:
         created_at=timestamp(r.created_at),
         activate_at=timestamp(r.activate_at),
         usable_until=timestamp(view.usable_until),
+        signatures_total=signatures_total,
     )
 
 
@@ -142,6 +143,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         outcome = self._registry.request_change(
             "destroy", request.key_id, officer, {"force": request.force, "reason": request.reason}
         )
+        self._on_change()
         return _outcome(outcome)
 
     @instrumented("Approve")
@@ -158,10 +160,28 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     def ListKeys(
         self, request: key_admin_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListKeysResponse:
-        """All keys with their states."""
+        """All keys with their states and how many signatures this daemon made with each."""
+        signed = self._signatures_by_kid()
         return key_admin_pb2.ListKeysResponse(
-            keys=[key_info(v) for v in self._registry.list_keys(request.profile)]
+            keys=[
+                key_info(v, signed.get((v.record.kid or b"").hex(), 0))
+                for v in self._registry.list_keys(request.profile)
+            ]
         )
+
+    def _signatures_by_kid(self) -> dict[str, int]:
+        """kid (hex) -> signatures returned since this daemon started (its metrics counter).
+
+        The counter is per daemon and starts at zero with it; the audit log holds the full
+        history of every key.
+        """
+        totals: dict[str, int] = {}
+        for metric in self._metrics.signatures.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and "kid" in sample.labels:
+                    kid = sample.labels["kid"]
+                    totals[kid] = totals.get(kid, 0) + int(sample.value)
+        return totals
 
     @instrumented("ListChanges")
     def ListChanges(
