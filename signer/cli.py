@@ -14,7 +14,7 @@ from typing import Any
 from signer import __version__
 from signer.audit import cli as audit_cli
 from signer.client import keys_cli
-from signer.client.client import SignerClient
+from signer.client.client import DccSigner
 from signer.client.connect import add_connection_options, make_client
 from signer.config import load
 from signer.dcc import cli as dcc_cli
@@ -144,25 +144,8 @@ def _dev_issue_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-class _DccSigner:
-    """Adapts SignerClient to what the DCC commands expect."""
-
-    def __init__(self, client: SignerClient) -> None:
-        self._client = client
-
-    def signing_key(self, profile: str) -> tuple[bytes, bytes]:
-        key = self._client.signing_key(profile, refresh=True)
-        return key.kid, key.dsc_der
-
-    def sign(self, profile: str, kid: bytes, digests: Sequence[bytes]) -> list[bytes]:
-        return self._client.sign(profile, kid, digests)
-
-    def close(self) -> None:
-        self._client.close()
-
-
-def _dcc_signer(args: argparse.Namespace) -> _DccSigner:
-    return _DccSigner(make_client(args, "issuer"))
+def _dcc_signer(args: argparse.Namespace) -> DccSigner:
+    return make_client(args, "issuer").dcc_signer()
 
 
 if __name__ == "__main__":

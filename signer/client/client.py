@@ -2,14 +2,20 @@
 
 It connects over mutual TLS (or plaintext to a loopback daemon), caches the signing key per
 profile, splits large digest lists into ``max_batch`` chunks sent concurrently, keeps the
-order, retries UNAVAILABLE with exponential backoff, and spreads load over several appliances
-with gRPC's own ``round_robin`` policy.
+order, retries UNAVAILABLE (and quota refusals that name a wait) with exponential backoff and
+jitter, and spreads load over several appliances with gRPC's own ``round_robin`` policy.
+
+Retrying a SignBatch is safe: the appliance signs digests, not documents, so a repeated
+request only produces a second valid signature (and a second audit record with the same
+``request_id``). DEADLINE_EXCEEDED is not retried, because the first request may still be
+running on the appliance.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import threading
 import time
 import uuid
@@ -22,7 +28,15 @@ from typing import TypeVar
 
 import grpc
 
-from signer.client.errors import KidChanged, SignerUnavailable, from_rpc_error
+from signer.client.errors import (
+    DeadlineExceeded,
+    KidChanged,
+    NoActiveKey,
+    QuotaExceeded,
+    RequestRefused,
+    SignerUnavailable,
+    from_rpc_error,
+)
 from signer.v1 import signing_pb2, signing_pb2_grpc
 
 DEFAULT_MAX_BATCH = 10_000
@@ -53,10 +67,18 @@ class TlsFiles:
 
 
 def channel_target(targets: Sequence[str]) -> str:
-    """A gRPC target for one address, or a static list of IP addresses for round robin."""
+    """A gRPC target for one address, or a static list of IP addresses for round robin.
+
+    gRPC resolves ``ipv4:A:P,B:Q`` (or ``ipv6:[A]:P,[B]:Q``) to several addresses and the
+    channel's ``round_robin`` policy spreads calls over them. One DNS name that resolves to
+    several addresses works too, as a single target.
+    """
+    if not targets:
+        raise ValueError("no appliance address given")
     if len(targets) == 1:
         return targets[0]
     hosts = []
+    versions = set()
     for target in targets:
         host, _, port = target.rpartition(":")
         try:
@@ -66,8 +88,16 @@ def channel_target(targets: Sequence[str]) -> str:
                 f"{target}: several appliances must be given as IP:port (or one DNS name that"
                 " resolves to all of them)"
             ) from None
+        if not port.isdigit():
+            raise ValueError(f"{target}: the port is missing or not a number")
+        versions.add(address.version)
         hosts.append(f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")
-    scheme = "ipv6" if all(h.startswith("[") for h in hosts) else "ipv4"
+    if len(versions) > 1:
+        raise ValueError(
+            "several appliances must all be IPv4 or all IPv6 (gRPC has no mixed static list);"
+            " use one DNS name that resolves to all of them instead"
+        )
+    scheme = "ipv6" if versions == {6} else "ipv4"
     return f"{scheme}:{','.join(hosts)}"
 
 
@@ -84,7 +114,13 @@ class SignerClient:
         timeout: float = 60.0,
         retries: int = 4,
         server_name: str | None = None,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
     ) -> None:
+        if max_batch < 1 or concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError(
+                "max_batch and concurrency must be >= 1, retries >= 0, timeout > 0, backoff >= 0"
+            )
         addresses = [targets] if isinstance(targets, str) else list(targets)
         options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
@@ -107,7 +143,9 @@ class SignerClient:
         self._max_batch = max_batch
         self._timeout = timeout
         self._retries = retries
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        self._backoff = backoff
+        self._max_backoff = max(backoff, max_backoff)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="signer-client")
         self._keys: dict[str, SigningKeyInfo] = {}
         self._lock = threading.Lock()
 
@@ -172,14 +210,22 @@ class SignerClient:
         der: bool = False,
         request_id: str | None = None,
     ) -> list[bytes]:
-        """Sign any number of digests, ``max_batch`` per request, several requests at once."""
+        """Sign any number of digests, ``max_batch`` per request, several requests at once.
+
+        Signatures come back in the order of ``digests``. Without ``kid`` the cached signing
+        key's kid is used. Raises a :class:`signer.client.errors.RequestRefused` subclass; on
+        :class:`KidChanged` or :class:`NoActiveKey` the cached key of ``profile`` is dropped,
+        and nothing of this call may be used (other chunks may have been signed and audited).
+        """
+        if not digests:
+            return []
         if kid is None:
             kid = self.signing_key(profile).kid
         base_id = request_id or uuid.uuid4().hex
         fmt = signing_pb2.SIGNATURE_FORMAT_DER if der else signing_pb2.SIGNATURE_FORMAT_RAW
         chunks = [
             list(digests[i : i + self._max_batch]) for i in range(0, len(digests), self._max_batch)
-        ] or [[]]
+        ]
         requests = [
             signing_pb2.SignBatchRequest(
                 profile=profile,
@@ -191,15 +237,28 @@ class SignerClient:
             for n, chunk in enumerate(chunks)
         ]
         try:
-            answers = list(self._pool.map(self._sign_batch, requests))
-        except KidChanged:
+            if len(requests) == 1:
+                answers = [self._sign_batch(requests[0])]
+            else:
+                answers = list(self._pool.map(self._sign_batch, requests))
+        except (KidChanged, NoActiveKey):
             self.forget_key(profile)
             raise
         return [signature for answer in answers for signature in answer]
 
     def _sign_batch(self, request: signing_pb2.SignBatchRequest) -> list[bytes]:
         response = self._call(lambda: self._stub.SignBatch(request, timeout=self._timeout))
+        if len(response.signatures) != len(request.digests):
+            raise RequestRefused(
+                f"the appliance returned {len(response.signatures)} signatures for"
+                f" {len(request.digests)} digests (request {request.request_id})",
+                grpc.StatusCode.INTERNAL,
+            )
         return list(response.signatures)
+
+    def dcc_signer(self) -> DccSigner:
+        """This client as the signer :mod:`signer.dcc` issuance expects (rotation-aware)."""
+        return DccSigner(self)
 
     def trust_list(self) -> list[signing_pb2.TrustListEntry]:
         """Certificates of every key whose signatures verifiers may still meet."""
@@ -211,14 +270,57 @@ class SignerClient:
         return list(response.entries)
 
     def _call(self, rpc: Callable[[], _T]) -> _T:
-        delay = 0.1
+        """Run ``rpc``; retry UNAVAILABLE and quota waits with capped exponential backoff."""
+        delay = self._backoff
         for attempt in range(self._retries + 1):
             try:
                 return rpc()
             except grpc.RpcError as error:
                 typed = from_rpc_error(error)
-                if not isinstance(typed, SignerUnavailable) or attempt == self._retries:
+                wait = retry_delay(typed, delay, self._max_backoff)
+                if wait is None or attempt == self._retries:
                     raise typed from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                time.sleep(wait)
+                delay = min(delay * 2, self._max_backoff)
         raise AssertionError("unreachable")
+
+
+class DccSigner:
+    """A :class:`SignerClient` seen by :mod:`signer.dcc`: a ``DigestSigner`` and ``KeySource``.
+
+    ``signing_key`` always asks the appliance (it is called at the start of an issuance and
+    after a rotation), and ``sign`` raises :class:`KidChanged`, whose ``current_kid`` tells
+    :class:`signer.dcc.issue.ChunkSigner` to rebuild the remaining certificates.
+    """
+
+    def __init__(self, client: SignerClient) -> None:
+        self.client = client
+
+    def signing_key(self, profile: str) -> tuple[bytes, bytes]:
+        """``(kid, dsc_der)`` of the key that signs ``profile`` now."""
+        key = self.client.signing_key(profile, refresh=True)
+        return key.kid, key.dsc_der
+
+    def sign(self, profile: str, kid: bytes, digests: Sequence[bytes]) -> list[bytes]:
+        """Raw ``r||s`` signatures of ``digests`` made with ``kid`` in their header."""
+        return self.client.sign(profile, kid, digests)
+
+    def close(self) -> None:
+        """Close the underlying client."""
+        self.client.close()
+
+
+def retry_delay(error: RequestRefused, backoff: float, max_backoff: float) -> float | None:
+    """How long to wait before retrying after ``error``, or ``None`` when retrying cannot help.
+
+    UNAVAILABLE waits ``backoff`` with +-50 % jitter (so that many clients do not retry in
+    step); a quota refusal waits what the appliance asked, but never longer than
+    ``max_backoff`` (a longer wait is the caller's decision).
+    """
+    if isinstance(error, DeadlineExceeded):
+        return None
+    if isinstance(error, SignerUnavailable):
+        return backoff * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not a secret)
+    if isinstance(error, QuotaExceeded) and 0 < error.retry_after <= max_backoff:
+        return max(error.retry_after, backoff * random.uniform(0.5, 1.0))  # noqa: S311
+    return None

@@ -19,11 +19,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from signer.dcc.dsc import DscInfo, parse_dsc
 from signer.dcc.errors import DccError
-from signer.dcc.issue import DEFAULT_CHUNK_SIZE, DEFAULT_PROFILE, PreparedCertificate, finish
+from signer.dcc.issue import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PROFILE,
+    ChunkSigner,
+    IssuingKey,
+    PreparedCertificate,
+)
 from signer.dcc.issue import prepare_one as _prepare_one
 from signer.dcc.qr import write_qr
 from signer.dcc.trust import TrustStore
@@ -115,45 +118,49 @@ def _hc1_inputs(values: Sequence[str], stdin: TextIO) -> Iterator[str]:
 
 
 class _Issuer:
-    """The per-command state of ``issue``: key, DSC facts and options."""
+    """The per-command state of ``issue``: key, DSC facts and options.
+
+    Signing goes through :class:`ChunkSigner`, so a key rotation during a batch re-prepares
+    the certificates not yet signed for the new key; ``key`` is always the current one.
+    """
 
     def __init__(self, args: argparse.Namespace, signer: SigningService) -> None:
         self.args = args
-        self.signer = signer
-        self.kid, dsc_der = signer.signing_key(args.profile)
-        self.dsc: DscInfo = parse_dsc(dsc_der)
-        if self.dsc.kid != self.kid:
-            raise DccError(
-                f"signer reports kid {self.kid.hex()} but its DSC hashes to {self.dsc.kid.hex()}"
-            )
-        if self.dsc.not_after is None:
-            raise DccError("the DSC's notAfter cannot be read; refusing to issue")
-        self.not_after: dt.datetime = self.dsc.not_after
-        country = args.issuer_country or self.dsc.country
+        kid, dsc_der = signer.signing_key(args.profile)
+        key = IssuingKey.from_dsc(kid, dsc_der)
+        country = args.issuer_country or key.country
         if not country:
             raise DccError("the DSC has no subject country; pass --issuer-country")
         self.country: str = country
         self.iat = dt.datetime.now(dt.UTC)
-        key = self.dsc.public_key
-        self.verify_with = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+        self.chunks = ChunkSigner(signer, key, profile=args.profile, verify=True)
+
+    @property
+    def key(self) -> IssuingKey:
+        return self.chunks.key
 
     def prepare(self, record: Any) -> PreparedCertificate:
         return _prepare_one(
             record,
-            self.kid,
+            self.key.kid,
             self.country,
             self.iat,
-            self.not_after,
+            self.key.not_after,
             validity=dt.timedelta(days=self.args.validity_days),
             allow_dose_beyond_series=self.args.allow_dose_beyond_series,
         )
 
-    def sign(self, prepared: Sequence[PreparedCertificate]) -> list[str]:
-        if not prepared:
-            return []
-        digests = [cert.digest for cert in prepared]
-        signatures = self.signer.sign(self.args.profile, self.kid, digests)
-        return finish(prepared, signatures, verify_with=self.verify_with)
+    def sign(
+        self, prepared: Sequence[PreparedCertificate]
+    ) -> tuple[list[PreparedCertificate], list[str]]:
+        rotations = self.chunks.rotations
+        signed, hc1s = self.chunks.sign(prepared)
+        if self.chunks.rotations != rotations:
+            print(
+                f"note: the signing key changed; now signing with kid {self.key.kid.hex()}",
+                file=sys.stderr,
+            )
+        return signed, hc1s
 
 
 def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
@@ -190,22 +197,22 @@ def _read_record(path: Path) -> Any:
 
 def _issue_one(issuer: _Issuer, path: Path) -> int:
     prepared = issuer.prepare(_read_record(path))
-    _warn_clipped(prepared, issuer.not_after)
-    hc1 = issuer.sign([prepared])[0]
+    (signed,), (hc1,) = issuer.sign([prepared])
+    _warn_clipped(signed, issuer.key.not_after)
     if issuer.args.qr is not None:
         write_qr(hc1, issuer.args.qr)
     if issuer.args.json:
-        print(json.dumps(_summary(prepared, hc1, issuer.kid), ensure_ascii=False))
+        print(json.dumps(_summary(signed, hc1), ensure_ascii=False))
     else:
         print(hc1)
     return 0
 
 
-def _summary(prepared: PreparedCertificate, hc1: str, kid: bytes) -> dict[str, Any]:
+def _summary(prepared: PreparedCertificate, hc1: str) -> dict[str, Any]:
     return {
         "hc1": hc1,
         "uvci": prepared.uvci,
-        "kid": kid.hex(),
+        "kid": prepared.kid.hex(),
         "iat": prepared.iat,
         "exp": prepared.exp,
         "exp_clipped": prepared.exp_clipped,
@@ -236,12 +243,12 @@ def _issue_batch(issuer: _Issuer, batch: Path, out_path: Path) -> int:
                     ready.append((number, issuer.prepare(json.loads(line))))
                 except (DccError, ValueError) as exc:
                     results[number] = {"line": number, "error": str(exc)}
-            if ready and not clipped_warned and ready[0][1].exp_clipped:
-                _warn_clipped(ready[0][1], issuer.not_after)
+            signed, hc1s = issuer.sign([cert for _, cert in ready])
+            if signed and not clipped_warned and signed[0].exp_clipped:
+                _warn_clipped(signed[0], issuer.key.not_after)
                 clipped_warned = True
-            hc1s = issuer.sign([cert for _, cert in ready])
-            for (number, cert), hc1 in zip(ready, hc1s, strict=True):
-                results[number] = {"line": number, **_summary(cert, hc1, issuer.kid)}
+            for (number, _), cert, hc1 in zip(ready, signed, hc1s, strict=True):
+                results[number] = {"line": number, **_summary(cert, hc1)}
             _write_lines(out, [results[number] for number, _ in chunk])
             done += len(chunk)
             refused += len(chunk) - len(ready)

@@ -7,6 +7,14 @@ The signing daemon only ever sees SHA-256 digests, so a client does::
     hc1_strings = finish(prepared, signatures)
 
 or lets :func:`issue` drive any :class:`DigestSigner` in chunks.
+
+Key rotation: the kid is inside the protected header, so it is part of what gets hashed. When
+the signer refuses a kid because another key has taken over (an exception carrying
+``current_kid``, such as :class:`signer.client.KidChanged`), :class:`ChunkSigner` asks the
+signer for the new key, rebuilds the header, ``exp`` (the new DSC's notAfter may be earlier)
+and digest of every certificate not yet signed, and signs again. Certificates already
+finished keep the old kid, which is the key that signed them. Nothing here imports gRPC: the
+refusal is recognised by its ``current_kid`` attribute.
 """
 
 import datetime as dt
@@ -14,31 +22,78 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from signer.dcc.cose import assemble_sign1, protected_header, sig_structure, sig_structure_digest
 from signer.dcc.countries import is_country_code
 from signer.dcc.cwt import DEFAULT_VALIDITY, compute_expiry, encode_claims, to_unix
+from signer.dcc.dsc import parse_dsc
 from signer.dcc.errors import DccError, DccRecordError
 from signer.dcc.hc1 import encode_hc1
 from signer.dcc.qr import check_qr_payload
 from signer.dcc.record import build_hcert
-from signer.sigformat import raw_to_der
 
 DEFAULT_PROFILE = "vaccination"
 DEFAULT_CHUNK_SIZE = 1000
+MAX_ROTATIONS_PER_CHUNK = 3
 
 
 class DigestSigner(Protocol):
     """Anything that signs SHA-256 digests with the key named ``kid`` (raw ``r||s`` out)."""
 
     def sign(self, profile: str, kid: bytes, digests: Sequence[bytes]) -> Sequence[bytes]:
-        """Return one 64-byte raw signature per digest, in order."""
+        """Return one 64-byte raw signature per digest, in order.
+
+        Raise an exception with a ``current_kid`` attribute (bytes) when ``kid`` may not sign
+        any more; see :func:`rotated_kid`.
+        """
         ...
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """A signer that can also name its current key (what a rotation needs)."""
+
+    def signing_key(self, profile: str) -> tuple[bytes, bytes]:
+        """Return ``(kid, dsc_der)`` of the key that signs ``profile`` now, fresh."""
+        ...
+
+
+def rotated_kid(error: BaseException) -> bytes | None:
+    """The ``current_kid`` of a "this kid may not sign any more" refusal, else ``None``."""
+    current = getattr(error, "current_kid", None)
+    return current if isinstance(current, bytes) and current else None
+
+
+@dataclass(frozen=True)
+class IssuingKey:
+    """What issuance needs from the key that signs: its kid, DSC limits and public key."""
+
+    kid: bytes
+    not_after: dt.datetime
+    public_key: ec.EllipticCurvePublicKey | None
+    country: str | None
+
+    @classmethod
+    def from_dsc(cls, kid: bytes, dsc_der: bytes) -> "IssuingKey":
+        """Check that ``kid`` is the kid of ``dsc_der`` and read the DSC's limits."""
+        dsc = parse_dsc(dsc_der)
+        if dsc.kid != kid:
+            raise DccError(f"signer reports kid {kid.hex()} but its DSC hashes to {dsc.kid.hex()}")
+        if dsc.not_after is None:
+            raise DccError("the DSC's notAfter cannot be read; refusing to issue")
+        key = dsc.public_key
+        return cls(
+            kid=kid,
+            not_after=dsc.not_after,
+            public_key=key if isinstance(key, ec.EllipticCurvePublicKey) else None,
+            country=dsc.country,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,6 +108,9 @@ class PreparedCertificate:
     iat: int
     exp: int
     exp_clipped: bool
+    kid: bytes
+    issuer: str
+    validity_seconds: int
 
 
 def prepare_one(
@@ -80,17 +138,45 @@ def prepare_one(
         issued_on=dt.datetime.fromtimestamp(iat_s, dt.UTC).date(),
         allow_dose_beyond_series=allow_dose_beyond_series,
     )
+    return _assemble(hcert, kid, issuer_country, iat_s, expiry.exp, expiry.clipped, validity)
+
+
+def reprepare(
+    cert: PreparedCertificate, kid: bytes, dsc_not_after: dt.datetime | int
+) -> PreparedCertificate:
+    """Rebuild a prepared (not yet signed) certificate for another key.
+
+    The HCERT (and so the UVCI), issuer and ``iat`` stay; the protected header names ``kid``,
+    and ``exp`` is recomputed against the new DSC's notAfter.
+    """
+    validity = dt.timedelta(seconds=cert.validity_seconds)
+    expiry = compute_expiry(cert.iat, to_unix(dsc_not_after), validity)
+    return _assemble(cert.hcert, kid, cert.issuer, cert.iat, expiry.exp, expiry.clipped, validity)
+
+
+def _assemble(
+    hcert: dict[str, Any],
+    kid: bytes,
+    issuer: str,
+    iat: int,
+    exp: int,
+    clipped: bool,
+    validity: dt.timedelta,
+) -> PreparedCertificate:
     protected = protected_header(kid)
-    payload = encode_claims(hcert, issuer=issuer_country, iat=iat_s, exp=expiry.exp)
+    payload = encode_claims(hcert, issuer=issuer, iat=iat, exp=exp)
     return PreparedCertificate(
         protected=protected,
         payload=payload,
         digest=sig_structure_digest(protected, payload),
         hcert=hcert,
         uvci=str(hcert["v"][0]["ci"]),
-        iat=iat_s,
-        exp=expiry.exp,
-        exp_clipped=expiry.clipped,
+        iat=iat,
+        exp=exp,
+        exp_clipped=clipped,
+        kid=kid,
+        issuer=issuer,
+        validity_seconds=int(validity.total_seconds()),
     )
 
 
@@ -148,6 +234,89 @@ def finish(
     return out
 
 
+class ChunkSigner:
+    """Signs prepared certificates chunk by chunk and follows key rotations.
+
+    ``key`` is the key the certificates were prepared for. When the signer refuses its kid
+    (see :func:`rotated_kid`) and can name its current key (:class:`KeySource`), the chunk is
+    re-prepared for the new key and signed again, at most ``max_rotations`` times per chunk;
+    later chunks are prepared for the new key directly. With ``verify`` every signature is
+    checked against the DSC of the kid in its header before the certificate is returned.
+    """
+
+    def __init__(
+        self,
+        signer: DigestSigner,
+        key: IssuingKey,
+        *,
+        profile: str = DEFAULT_PROFILE,
+        verify: bool = True,
+        max_rotations: int = MAX_ROTATIONS_PER_CHUNK,
+    ) -> None:
+        self.key = key
+        self.rotations = 0
+        self._signer = signer
+        self._profile = profile
+        self._verify = verify
+        self._max_rotations = max_rotations
+
+    def sign(
+        self, prepared: Sequence[PreparedCertificate]
+    ) -> tuple[list[PreparedCertificate], list[str]]:
+        """Return the certificates as signed (re-prepared after a rotation) and their HC1s."""
+        if not prepared:
+            return [], []
+        certs = self._for_current_key(prepared)
+        attempts = 0
+        while True:
+            try:
+                signatures = self._signer.sign(
+                    self._profile, self.key.kid, [cert.digest for cert in certs]
+                )
+            except Exception as error:
+                current = rotated_kid(error)
+                if current is None or not isinstance(self._signer, KeySource):
+                    raise
+                if attempts >= self._max_rotations:
+                    raise DccError(
+                        f"the signing key changed {attempts} times while signing one chunk;"
+                        f" last refusal: {error}"
+                    ) from error
+                attempts += 1
+                self._follow(current)
+                certs = self._for_current_key(certs)
+                continue
+            verify_with = self.key.public_key if self._verify else None
+            if self._verify and verify_with is None:
+                raise DccError("the DSC's key is not an EC key; cannot check ES256 signatures")
+            return certs, finish(certs, signatures, verify_with=verify_with)
+
+    def _for_current_key(
+        self, prepared: Sequence[PreparedCertificate]
+    ) -> list[PreparedCertificate]:
+        return [
+            cert if cert.kid == self.key.kid else reprepare(cert, self.key.kid, self.key.not_after)
+            for cert in prepared
+        ]
+
+    def _follow(self, refused_for: bytes) -> None:
+        assert isinstance(self._signer, KeySource)
+        kid, dsc_der = self._signer.signing_key(self._profile)
+        if kid == self.key.kid:
+            raise DccError(
+                f"the signer refused kid {kid.hex()} (current: {refused_for.hex()}) but still"
+                " reports it as its signing key"
+            )
+        new = IssuingKey.from_dsc(kid, dsc_der)
+        if self.key.country and new.country and new.country != self.key.country:
+            raise DccError(
+                f"the new signing key's DSC is for {new.country}, not {self.key.country};"
+                " refusing to change the issuing country mid-batch"
+            )
+        self.key = new
+        self.rotations += 1
+
+
 def issue(
     records: Sequence[Mapping[str, Any]],
     signer: DigestSigner,
@@ -165,6 +334,9 @@ def issue(
     """Prepare, sign (in chunks of ``chunk_size`` digests) and finish; return ``HC1:`` strings.
 
     ``iat`` defaults to now. All records are validated before the first digest is signed.
+    When the signer refuses ``kid`` because of a rotation and is a :class:`KeySource`, the
+    remaining certificates are rebuilt for the new key (see :class:`ChunkSigner`); after a
+    rotation signatures are checked against the new DSC when ``verify_with`` was given.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
@@ -178,11 +350,60 @@ def issue(
         validity=validity,
         allow_dose_beyond_series=allow_dose_beyond_series,
     )
+    key = IssuingKey(
+        kid=kid,
+        not_after=dt.datetime.fromtimestamp(to_unix(dsc_not_after), dt.UTC),
+        public_key=verify_with,
+        country=None,
+    )
+    chunks = ChunkSigner(signer, key, profile=profile, verify=verify_with is not None)
     out: list[str] = []
     for start in range(0, len(prepared), chunk_size):
-        chunk = prepared[start : start + chunk_size]
-        signatures = signer.sign(profile, kid, [cert.digest for cert in chunk])
-        out += finish(chunk, signatures, verify_with=verify_with)
+        out += chunks.sign(prepared[start : start + chunk_size])[1]
+    return out
+
+
+class RotatingSigner(DigestSigner, KeySource, Protocol):
+    """A signer that names its key and signs with it (e.g. ``SignerClient.dcc_signer()``)."""
+
+
+def issue_records(
+    records: Sequence[Mapping[str, Any]],
+    signer: RotatingSigner,
+    *,
+    profile: str = DEFAULT_PROFILE,
+    issuer_country: str | None = None,
+    iat: dt.datetime | int | None = None,
+    validity: dt.timedelta = DEFAULT_VALIDITY,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    allow_dose_beyond_series: bool = False,
+) -> list[str]:
+    """Issue certificates with whatever key signs ``profile`` now; return ``HC1:`` strings.
+
+    The kid, DSC notAfter and (by default) issuing country come from the signer; every record
+    is validated before anything is signed; every signature is checked against the DSC; a
+    rotation during the batch is followed (:class:`ChunkSigner`).
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    key = IssuingKey.from_dsc(*signer.signing_key(profile))
+    country = issuer_country or key.country
+    if not country:
+        raise DccError("the DSC has no subject country; pass issuer_country")
+    issued_at = math.floor(time.time()) if iat is None else iat
+    prepared = prepare(
+        records,
+        key.kid,
+        country,
+        issued_at,
+        key.not_after,
+        validity=validity,
+        allow_dose_beyond_series=allow_dose_beyond_series,
+    )
+    chunks = ChunkSigner(signer, key, profile=profile, verify=True)
+    out: list[str] = []
+    for start in range(0, len(prepared), chunk_size):
+        out += chunks.sign(prepared[start : start + chunk_size])[1]
     return out
 
 
@@ -190,7 +411,11 @@ def _check(
     public_key: ec.EllipticCurvePublicKey, cert: PreparedCertificate, signature: bytes, index: int
 ) -> None:
     try:
-        der = raw_to_der(signature)
+        if len(signature) != 64:
+            raise ValueError("not a raw r||s signature")
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
         signed = sig_structure(cert.protected, cert.payload)
         public_key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):

@@ -19,6 +19,7 @@ Choices, where ICAO 9303 offers options:
 * A result longer than 80 characters is truncated, as ICAO truncates names in the MRZ.
 """
 
+import functools
 import re
 import unicodedata
 
@@ -80,6 +81,7 @@ def is_icao_name(value: str) -> bool:
     return 0 < len(value) <= MAX_LENGTH and ICAO_PATTERN.match(value) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def _strip_marks(char: str) -> str:
     base = "".join(c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c))
     if len(base) == 0 or not all("A" <= c <= "Z" for c in base):

@@ -57,13 +57,24 @@ def generate_uvci(
         raise UvciError(f"country {country!r} must be two upper-case letters")
     if issuer_block is not None and not re.fullmatch(r"[A-Z0-9]+", issuer_block):
         raise UvciError(f"issuer block {issuer_block!r} must match [A-Z0-9]+")
-    random_part = "".join(secrets.choice(_OPAQUE_ALPHABET) for _ in range(length))
+    random_part = _random_text(length)
     opaque = f"{issuer_block}/{random_part}" if issuer_block else random_part
     body = f"{PREFIX}{VERSION}:{country}:{opaque}"
     uvci = f"{body}#{check_character(body)}"
     if len(uvci) > MAX_LENGTH:
         raise UvciError(f"UVCI would be {len(uvci)} characters, more than {MAX_LENGTH}")
     return uvci
+
+
+def _random_text(length: int) -> str:
+    """``length`` uniformly random characters of ``A-Z0-9`` from one CSPRNG draw."""
+    base = len(_OPAQUE_ALPHABET)
+    value = secrets.randbelow(base**length)
+    chars = []
+    for _ in range(length):
+        value, digit = divmod(value, base)
+        chars.append(_OPAQUE_ALPHABET[digit])
+    return "".join(chars)
 
 
 def validate_uvci(value: str, *, require_check: bool = True) -> None:
