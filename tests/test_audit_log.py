@@ -209,11 +209,40 @@ def test_write_failure_fails_the_group_then_recovers(
     assert segment_bytes(tmp_path) == good, "failed group left bytes in the segment"
 
     ops.fault = None
-    assert sign_batch(log, 1, "after-recovery") == 3
+    # the first group after the outage starts with a log_resumed record that describes it
+    assert sign_batch(log, 1, "after-recovery") == 4
     assert log.healthy is True and health == [False, True]
     log.close()
     records = list(iter_records(tmp_path))
-    assert [r.request_id for r in records] == ["ok-1", "ok-2", "after-recovery"]
+    assert [r.request_id for r in records] == ["ok-1", "ok-2", None, "after-recovery"]
+    assert records[2].event is EventType.LOG_RESUMED
+    assert records[2].details["refused_records"] == 6
+    assert 1 <= records[2].details["failed_writes"] <= 6
+    assert verify_log(tmp_path, signer.spki_der).ok
+
+
+def test_idle_writer_probes_and_recovers_without_a_request(tmp_path: Path) -> None:
+    ops = FaultyOps()
+    health: list[bool] = []
+    signer = make_signer()
+    log = AuditLog(
+        tmp_path, signer, file_ops=ops, on_health_change=health.append, probe_interval=0.05
+    )
+    sign_batch(log, 1, "ok")
+    ops.fault = errno.ENOSPC
+    with pytest.raises(AuditError):
+        sign_batch(log, 1, "refused")
+    time.sleep(0.3)  # probes keep failing while the fault lasts
+    assert log.healthy is False and health == [False] and log.size == 1
+    ops.fault = None
+    assert wait_until(lambda: log.healthy), "the writer did not recover on its own"
+    assert health == [False, True]
+    log.close()
+    records = list(iter_records(tmp_path))
+    assert [r.event for r in records][:2] == [EventType.SIGN_BATCH, EventType.LOG_RESUMED]
+    assert records[1].details["failed_writes"] == 1
+    assert records[1].details["refused_records"] == 1
+    assert records[1].details["failed_since_ns"] > records[0].time_ns
     assert verify_log(tmp_path, signer.spki_der).ok
 
 
@@ -261,7 +290,7 @@ def test_real_file_size_limit_efbig(tmp_path: Path) -> None:
     out = json.loads(proc.stdout)
     assert len(out["errors"]) == 3 and all("EFBIG" in e for e in out["errors"])
     assert out["healthy"] == [False, False, False, True]
-    assert out["after"] == 2
+    assert out["after"] == 3  # record 2 is the log_resumed event
     assert verify_log(directory, pubkey.read_bytes()).ok
 
 

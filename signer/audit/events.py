@@ -23,3 +23,5 @@ class EventType(StrEnum):
     AUTH_REFUSED = "auth_refused"
     HSM_ERROR = "hsm_error"
     LOG_REPAIRED = "log_repaired"
+    LOG_RESUMED = "log_resumed"
+    """First record after writes failed (disk full, I/O error): when and how much was refused."""

@@ -61,9 +61,14 @@ class OsFileOps:
         temp = path.with_name(f".{path.name}.tmp")
         fd = self.open_new(temp)
         try:
-            self.write_all(fd, data)
-            self.fsync(fd)
-        finally:
-            self.close(fd)
-        self.replace(temp, path)
+            try:
+                self.write_all(fd, data)
+                self.fsync(fd)
+            finally:
+                self.close(fd)
+            self.replace(temp, path)
+        except OSError:
+            # do not leave a half-written temp file taking space on a disk that is full already
+            temp.unlink(missing_ok=True)
+            raise
         self.fsync_dir(path.parent)

@@ -5,7 +5,11 @@ and fsynced. One writer thread takes everything queued, numbers it, writes it wi
 ``write`` and one ``fsync`` (group commit), then wakes the callers. When the write or fsync
 fails, every caller of that group gets :class:`~signer.errors.AuditError`, the segment is cut
 back to its last good length, no sequence number is consumed and :attr:`AuditLog.healthy` turns
-False; the next group tries again and turns it True when the disk works again.
+False; the next group tries again and turns it True when the disk works again. While unhealthy
+and idle, the writer probes by itself every ``probe_interval`` seconds (once the file system
+reports at least ``PROBE_HEADROOM_BYTES`` free), so that health recovers without waiting for a
+request that a load balancer would never send. The first record written after a failure is a
+``log_resumed`` event that says since when writes failed and how many groups were refused.
 
 After a group, the writer signs a checkpoint when ``checkpoint_every_records`` records or
 ``checkpoint_every_seconds`` seconds have passed since the last one, and at :meth:`close`. The
@@ -52,6 +56,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_EVERY_RECORDS = 10_000
 DEFAULT_CHECKPOINT_EVERY_SECONDS = 60.0
+DEFAULT_PROBE_INTERVAL = 1.0
+PROBE_HEADROOM_BYTES = 64 * 1024
 _LOCK_FILE = ".lock"
 
 
@@ -96,11 +102,12 @@ class AuditLog:
         on_health_change: Callable[[bool], None] | None = None,
         file_ops: OsFileOps | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
     ) -> None:
         if segment_max_bytes <= 0 or checkpoint_every_records <= 0:
             raise ValueError("segment_max_bytes and checkpoint_every_records must be positive")
-        if checkpoint_every_seconds <= 0:
-            raise ValueError("checkpoint_every_seconds must be positive")
+        if checkpoint_every_seconds <= 0 or probe_interval <= 0:
+            raise ValueError("checkpoint_every_seconds and probe_interval must be positive")
         self._dir = Path(directory)
         self._signer = signer
         self._public_key = load_audit_public_key(signer.spki_der)
@@ -111,6 +118,11 @@ class AuditLog:
         self._ops = file_ops or OsFileOps()
         self._clock_ns = clock_ns
         self._healthy = True
+        self._probe_interval = probe_interval
+        self._next_probe = 0.0
+        self._failed_since_ns: int | None = None
+        self._failed_writes = 0
+        self._refused_records = 0
         self.checkpoint_error: str | None = None
         """Why the last checkpoint could not be signed or stored, or None."""
 
@@ -305,7 +317,7 @@ class AuditLog:
             while True:
                 with self._cond:
                     while not self._queue and not self._closing:
-                        timeout = self._checkpoint_wait()
+                        timeout = self._next_wakeup()
                         if timeout is not None and timeout <= 0:
                             break
                         self._cond.wait(timeout)
@@ -313,6 +325,8 @@ class AuditLog:
                     closing = self._closing
                 if batch:
                     self._commit(batch)
+                elif self._probe_due():
+                    self._commit([])
                 self._maybe_checkpoint()
                 if closing and not batch:
                     break
@@ -339,7 +353,40 @@ class AuditLog:
             return None
         return self._cp_time + self._cp_every_seconds - time.monotonic()
 
+    def _next_wakeup(self) -> float | None:
+        """Seconds until the writer has something to do on its own (None: only when woken)."""
+        checkpoint = self._checkpoint_wait()
+        if self._healthy:
+            return checkpoint
+        probe = self._next_probe - time.monotonic()
+        return probe if checkpoint is None else min(probe, checkpoint)
+
+    def _probe_due(self) -> bool:
+        """True when unhealthy, idle, due for a probe, and the disk seems to have room again."""
+        if self._healthy or self._closing or time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + self._probe_interval
+        try:
+            stats = os.statvfs(self._dir)
+        except OSError:
+            return True  # let the write itself tell
+        return stats.f_bavail * stats.f_frsize >= PROBE_HEADROOM_BYTES
+
+    def _resume_record(self) -> _Pending:
+        details = {
+            "failed_since_ns": self._failed_since_ns or 0,
+            "failed_writes": self._failed_writes,
+            "refused_records": self._refused_records,
+        }
+        return _Pending(EventType.LOG_RESUMED, None, None, None, None, (), None, details)
+
     def _commit(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` as one group; an empty batch is a recovery probe."""
+        probe = not batch
+        if self._failed_since_ns is not None:
+            batch = [self._resume_record(), *batch]
+        if not batch:
+            return
         now = self._clock_ns()
         seq, head = self._seq, self._head
         frames: list[bytes] = []
@@ -375,11 +422,18 @@ class AuditLog:
             self._ops.write_all(fd, data)
             self._ops.fsync(fd)
         except OSError as exc:
-            self._fail_group([item for item, _ in done], exc)
+            self._fail_group([item for item, _ in done], exc, probe=probe)
             return
         self._dirty = False
         self._offset += len(data)
         self._seq, self._head = seq, head
+        if self._failed_since_ns is not None:
+            _log.warning(
+                "audit log writable again after %d failed writes; signing resumes",
+                self._failed_writes,
+            )
+        self._failed_since_ns = None
+        self._failed_writes = self._refused_records = 0
         self._set_healthy(True)
         for item, result in done:
             item.future.set_result(result)
@@ -402,10 +456,18 @@ class AuditLog:
             self._segment_in_dir = True
         return self._fd
 
-    def _fail_group(self, items: list[_Pending], exc: OSError) -> None:
+    def _fail_group(self, items: list[_Pending], exc: OSError, *, probe: bool = False) -> None:
         name = errno.errorcode.get(exc.errno or 0, "error")
         path = self._dir / segment_name(self._segment_first)
-        _log.error("audit write to %s failed: %s", path, exc)
+        if self._failed_since_ns is None:
+            self._failed_since_ns = self._clock_ns()
+        self._next_probe = time.monotonic() + self._probe_interval
+        if probe:
+            _log.debug("audit write probe to %s failed: %s", path, exc)
+        else:
+            self._failed_writes += 1
+            self._refused_records += sum(i.event is not EventType.LOG_RESUMED for i in items)
+            _log.error("audit write to %s failed: %s", path, exc)
         if self._fd is not None:
             # After a failed fsync the kernel may have dropped the dirty pages: cut back to the
             # last synced length, and reopen before the next write rather than trust this fd.
