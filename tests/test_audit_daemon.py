@@ -144,6 +144,7 @@ def test_sigkill_during_signing_leaves_no_unlogged_signature(make_appliance: Mak
             progress.append(len(received))
             appliance.start()
         wait_for(grown(1000), 20, "signatures after the last restart")
+        wait_for(lambda: len(list_segments(appliance.audit_dir)) > 1, 60, "a segment roll-over")
     finally:
         stop.set()
         for thread in threads:
@@ -267,6 +268,8 @@ def test_full_audit_disk_refuses_signing_and_recovers(
         with pytest.raises(grpc.RpcError) as again:
             stub.SignBatch(sign_request(kid, refused, "refused-2"), timeout=10)
         assert again.value.code() == grpc.StatusCode.UNAVAILABLE
+        # While the log is known to be failing, nothing is even sent to the HSM.
+        assert "signing is stopped" in (again.value.details() or ""), again.value.details()
 
         filler.unlink()
         # No request needed: the writer notices by itself that the disk takes writes again.
@@ -286,7 +289,7 @@ def test_full_audit_disk_refuses_signing_and_recovers(
     records = list(iter_records(appliance.audit_dir))
     resumed = [r for r in records if r.event is EventType.LOG_RESUMED]
     assert len(resumed) == 1, [r.event for r in records]
-    assert resumed[0].details["failed_writes"] >= 2
+    assert resumed[0].details["failed_writes"] >= 1
     assert resumed[0].seq < next(r.seq for r in records if r.request_id == "after")
 
 

@@ -125,6 +125,8 @@ class AuditLog:
         self._refused_records = 0
         self.checkpoint_error: str | None = None
         """Why the last checkpoint could not be signed or stored, or None."""
+        self.last_checkpoint_unix: float | None = None
+        """Unix time of the newest checkpoint this process signed, or None."""
 
         self._lock_fd = self._lock_directory()
         try:
@@ -140,6 +142,8 @@ class AuditLog:
         self._dirty = state.cut_bytes > 0
         self._segment_in_dir = state.segment_exists
         self._cp_size = state.checkpoint.size if state.checkpoint else 0
+        if state.checkpoint is not None and state.checkpoint.timestamp is not None:
+            self.last_checkpoint_unix = float(state.checkpoint.timestamp)
         self._cp_time = time.monotonic()
 
         self._cond = threading.Condition()
@@ -528,4 +532,5 @@ class AuditLog:
         self._ops.write_file_atomically(self._dir / LATEST_CHECKPOINT, data)
         self._cp_size = checkpoint.size
         self._cp_time = time.monotonic()
+        self.last_checkpoint_unix = self._clock_ns() / 1e9
         self.checkpoint_error = None

@@ -140,4 +140,7 @@ def _serve(conn: Connection, operations: dict[str, Callable[..., Any]]) -> None:
             # A worker reports unexpected errors; it does not die of them.
             failure = HsmError(f"{name} failed in the HSM worker: {type(exc).__name__}")
             answer = (job_id, False, failure)
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the daemon is gone; nobody is waiting for this answer

@@ -42,6 +42,7 @@ class LiveState:
     audit_healthy: bool
     audit_last_sequence: int
     audit_last_checkpoint_unix: float | None
+    audit_checkpoint_ok: bool
     keys: tuple[KeyGaugeRow, ...]
 
 
@@ -73,6 +74,11 @@ class _LiveCollector(Collector):
             "signer_audit_last_sequence",
             "Sequence number of the newest audit record.",
             state.audit_last_sequence,
+        )
+        yield _gauge(
+            "signer_audit_checkpoint_ok",
+            "1 unless the last attempt to sign or store a checkpoint failed.",
+            float(state.audit_checkpoint_ok),
         )
         if state.audit_last_checkpoint_unix is not None:
             yield _gauge(

@@ -244,7 +244,8 @@ class Daemon:
             serving=bool(self.health and self.health.serving),
             audit_healthy=self.trail.healthy,
             audit_last_sequence=audit_log.size if audit_log else 0,
-            audit_last_checkpoint_unix=None,
+            audit_last_checkpoint_unix=audit_log.last_checkpoint_unix if audit_log else None,
+            audit_checkpoint_ok=audit_log is None or audit_log.checkpoint_error is None,
             keys=tuple(rows),
         )
 

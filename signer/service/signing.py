@@ -10,7 +10,7 @@ from typing import Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from signer.errors import HsmError, InvalidRequest
+from signer.errors import AuditError, HsmError, InvalidRequest
 from signer.hsm.pool import WorkerPool
 from signer.keys.registry import KeyRegistry, KeyView
 from signer.service.metrics import Metrics
@@ -22,6 +22,11 @@ from signer.v1 import signing_pb2, signing_pb2_grpc
 
 class SignatureAudit(Protocol):
     """Where signed batches are recorded before their signatures leave the daemon."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while records cannot be written: then nothing is sent to the HSM."""
+        ...
 
     def record_signatures(
         self,
@@ -94,6 +99,11 @@ class SigningService(signing_pb2_grpc.SigningServicer):
             )
         view = self._registry.key_for_kid(request.profile, bytes(request.kid))
         identity = peer_identity(context)
+        if not self._audit.healthy:
+            raise AuditError(
+                "the audit log cannot be written, so signing is stopped until it recovers;"
+                " retry later (operators: see signer_audit_healthy and the daemon log)"
+            )
         with self._quotas.admit(identity, len(digests)):
             started = time.perf_counter()
             try:
