@@ -34,7 +34,7 @@ apt_install() {
   fi
   say "installing system packages: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # 1. System packages: SoftHSM2 from the distribution, Python venv support, test tools.

@@ -214,9 +214,14 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
 
 def _check_production_rules(settings: Settings) -> None:
     """Outside dev configurations, refuse settings that would weaken the appliance."""
+    where = settings.source
+    if settings.server.tls.insecure_loopback and not settings.keys.dev:
+        raise ConfigError(
+            f"{where}: [server.tls] insecure_loopback is only allowed with [keys] dev = true:"
+            " without client certificates there are no roles and no real dual control"
+        )
     if settings.keys.dev:
         return
-    where = settings.source
     if settings.keys.approvals_required < 2:
         raise ConfigError(f"{where}: [keys] approvals_required must be >= 2 unless dev = true")
     if not settings.audit.enabled:
@@ -336,6 +341,11 @@ class _Reader:
             raise self.error(key, "must be a list of strings")
         return [str(item) for item in value]
 
+    @property
+    def source_dir(self) -> Path:
+        """Folder of the configuration file (relative paths resolve against it)."""
+        return self._source.parent
+
     def path(self, key: str) -> Path | None:
         value = self.text(key)
         if value is None:
@@ -407,7 +417,7 @@ def _keys(t: _Reader) -> KeySettings:
 def _audit(t: _Reader) -> AuditSettings:
     return AuditSettings(
         enabled=t.flag("enabled", True),
-        directory=t.path("dir") or Path("audit").resolve(),
+        directory=t.path("dir") or (t.source_dir / "audit"),
         segment_max_bytes=t.whole("segment_max_mb", 64, minimum=1) * 1024 * 1024,
         checkpoint_every_records=t.whole("checkpoint_every_records", 10_000, minimum=1),
         checkpoint_every_seconds=t.number("checkpoint_every_seconds", 60.0, minimum=0.1),

@@ -62,19 +62,30 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
         csca_key = ensure_key(pool, settings.hsm.csca_key_label)
         ensure_csca_certificate(pool, settings, csca_key)
         if settings.audit.enabled:
-            audit_log = open_audit_log(pool, settings)
             export_audit_public_key(pool, settings)
         one_officer = replace(settings, keys=replace(settings.keys, approvals_required=1))
-        registry = make_registry(pool, one_officer, _recorder(audit_log))
-        registry.refresh()
-        for profile in settings.profiles:
-            ensure_active_key(registry, profile)
+        lacking = profiles_without_active_key(make_registry(pool, one_officer), settings)
+        if lacking:
+            # Only now is the audit log opened: a running daemon holds it, and a set-up that
+            # has nothing to do must not need it.
+            if settings.audit.enabled:
+                audit_log = open_audit_log(pool, settings)
+            registry = make_registry(pool, one_officer, _recorder(audit_log))
+            registry.refresh()
+            for profile in lacking:
+                ensure_active_key(registry, profile)
     finally:
         try:
             if audit_log is not None:
                 audit_log.close()
         finally:
             pool.close()
+
+
+def profiles_without_active_key(registry: KeyRegistry, settings: Settings) -> list[str]:
+    """The configured profiles that have no key signing right now."""
+    registry.refresh()
+    return [p for p in settings.profiles if registry.signing_view(p).active is None]
 
 
 def ensure_key(pool: WorkerPool, label: str) -> str:

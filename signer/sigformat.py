@@ -4,9 +4,19 @@ Both halves of a raw signature are left-padded to the curve size: a short ``r`` 
 is not padded yields a signature that other verifiers reject.
 """
 
+import enum
+
 from asn1crypto.algos import DSASignature
 
 P256_COORDINATE_BYTES = 32
+SHA256_DIGEST_BYTES = 32
+
+
+class SignatureEncoding(enum.Enum):
+    """How a signature leaves the appliance."""
+
+    RAW = "raw"
+    DER = "der"
 
 
 def raw_to_der(raw: bytes, size: int = P256_COORDINATE_BYTES) -> bytes:

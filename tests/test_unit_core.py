@@ -66,16 +66,15 @@ def test_unknown_profile_and_bad_toml(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("keys", "words"),
+    ("keys", "extra", "words"),
     [
-        ("approvals_required = 1\n", "approvals_required must be >= 2"),
-        ("", "only allowed with dev"),
+        ("approvals_required = 1\n", "", "approvals_required must be >= 2"),
+        ("", "[audit]\nenabled = false\n", "only allowed with dev"),
+        ("", "[server.tls]\ninsecure_loopback = true\n", "insecure_loopback is only"),
     ],
 )
-def test_production_rules(tmp_path: Path, keys: str, words: str) -> None:
-    text = MINIMAL.replace("[keys]\n", "[keys]\n" + keys)
-    if not keys:
-        text += "[audit]\nenabled = false\n"
+def test_production_rules(tmp_path: Path, keys: str, extra: str, words: str) -> None:
+    text = MINIMAL.replace("[keys]\n", "[keys]\n" + keys) + extra
     with pytest.raises(ConfigError, match=words):
         load(write(tmp_path, text))
     no_csca = MINIMAL.replace('csca_cert = "csca.pem"\n', "")

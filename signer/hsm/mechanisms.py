@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from pkcs11 import Attribute, Mechanism
 
-from signer.sigformat import raw_to_der
+from signer.sigformat import SHA256_DIGEST_BYTES, SignatureEncoding, raw_to_der
 
-SHA256_DIGEST_BYTES = 32
+__all__ = ["SHA256_DIGEST_BYTES", "SignatureEncoding", "encode_signature", "signing_mechanism"]
+
 P256_CURVE_OID = "secp256r1"
-
-
-class SignatureEncoding(enum.Enum):
-    """How a signature leaves the appliance."""
-
-    RAW = "raw"
-    DER = "der"
 
 
 def signing_mechanism() -> Mechanism:

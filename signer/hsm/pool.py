@@ -14,7 +14,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -41,6 +41,19 @@ class _Job:
     future: Future[Any] = field(default_factory=Future)
     weight: int = 1
     retries_left: int = 1
+    worker: _Worker | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Resolve the job once; a late or duplicate answer is dropped."""
+        if self.future.done():
+            return
+        try:
+            if error is None:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:
+            pass
 
 
 class _Worker:
@@ -91,7 +104,8 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop all workers."""
-        self._closing = True
+        with self._lock:
+            self._closing = True
         for worker in self._workers:
             if worker is None:
                 continue
@@ -111,6 +125,8 @@ class WorkerPool:
         self, key_id: str, digests: Sequence[bytes], encoding: SignatureEncoding
     ) -> list[bytes]:
         """Sign digests with a key; signatures come back in the order of the digests."""
+        if not digests:
+            return []
         parts = max(1, min(self.workers_up, len(digests) // MIN_CHUNK))
         size = -(-len(digests) // parts)
         jobs = [
@@ -121,9 +137,10 @@ class WorkerPool:
             )
             for chunk in (digests[i : i + size] for i in range(0, len(digests), size))
         ]
+        deadline = time.monotonic() + self._settings.timeout_seconds
         signatures: list[bytes] = []
         for job in jobs:
-            signatures.extend(self._wait(job))
+            signatures.extend(self._wait(job, deadline))
         return signatures
 
     def call(self, operation: str, /, **kwargs: Any) -> Any:
@@ -141,14 +158,26 @@ class WorkerPool:
         for job in jobs:
             self._wait(job)
 
-    def _wait(self, job: _Job) -> Any:
+    def _wait(self, job: _Job, deadline: float | None = None) -> Any:
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.timeout_seconds
         try:
-            return job.future.result(timeout=self._settings.timeout_seconds)
+            return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
+            self._recycle(job)
             raise HsmUnavailable(
                 f"the HSM did not answer {job.name} within {self._settings.timeout_seconds:g} s;"
                 " check the HSM"
             ) from None
+
+    def _recycle(self, job: _Job) -> None:
+        """Kill the worker that sat on a job past the timeout; the restart path replaces it."""
+        worker = job.worker
+        if worker is not None and worker.alive and worker.process.is_alive():
+            log.error(
+                "HSM worker %d (pid %d) hung on %s; killing it", worker.index, worker.pid, job.name
+            )
+            worker.process.kill()
 
     def _submit(self, name: str, kwargs: dict[str, Any], weight: int, retries: int = 1) -> _Job:
         job = _Job(name, kwargs, weight=weight, retries_left=retries)
@@ -164,8 +193,10 @@ class WorkerPool:
                 if not candidates:
                     candidates = [w for w in self._workers if w is not None and w.alive]
                 if not candidates:
-                    job.future.set_exception(
-                        HsmUnavailable("no HSM worker process is running; check the HSM and logs")
+                    job.settle(
+                        error=HsmUnavailable(
+                            "no HSM worker process is running; check the HSM and logs"
+                        )
                     )
                     return
                 worker = min(candidates, key=lambda w: w.load)
@@ -179,15 +210,18 @@ class WorkerPool:
                 return False
             worker.pending[job_id] = job
             worker.load += job.weight
+            job.worker = worker
         try:
             with worker.send_lock:
                 worker.conn.send((job_id, job.name, job.kwargs))
             return True
         except (OSError, ValueError):
             with self._lock:
-                worker.pending.pop(job_id, None)
-                worker.load -= job.weight
-            return False
+                # If the reader already took the job over (worker lost), it re-dispatches it.
+                still_ours = worker.pending.pop(job_id, None) is not None
+                if still_ours:
+                    worker.load -= job.weight
+            return not still_ours
 
     def _spawn(self, index: int) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -199,18 +233,22 @@ class WorkerPool:
         )
         process.start()
         child.close()
-        if not parent.poll(START_TIMEOUT_SECONDS):
-            process.kill()
-            raise HsmUnavailable(
-                f"HSM worker {index} did not start within {START_TIMEOUT_SECONDS:.0f} s"
-            )
         try:
-            status, value = parent.recv()
-        except EOFError:
-            raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
-        if status != READY:
-            process.join(timeout=5)
-            raise HsmUnavailable(f"HSM worker {index} could not start: {value}")
+            if not parent.poll(START_TIMEOUT_SECONDS):
+                process.kill()
+                raise HsmUnavailable(
+                    f"HSM worker {index} did not start within {START_TIMEOUT_SECONDS:.0f} s"
+                )
+            try:
+                status, value = parent.recv()
+            except EOFError:
+                raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
+            if status != READY:
+                process.join(timeout=5)
+                raise HsmUnavailable(f"HSM worker {index} could not start: {value}")
+        except BaseException:
+            parent.close()
+            raise
         worker = _Worker(index, process, parent, int(value))
         threading.Thread(
             target=self._read, args=(worker,), name=f"signer-hsm-reader-{index}", daemon=True
@@ -219,24 +257,29 @@ class WorkerPool:
         return worker
 
     def _read(self, worker: _Worker) -> None:
-        while True:
-            try:
-                job_id, ok, value = worker.conn.recv()
-            except (EOFError, OSError):
-                break
-            with self._lock:
-                job = worker.pending.pop(job_id, None)
-                if job is not None:
-                    worker.load -= job.weight
-            if job is None:
-                continue
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(
-                    value if isinstance(value, SignerError) else HsmError(str(value))
-                )
-        self._lost(worker)
+        try:
+            while True:
+                try:
+                    job_id, ok, value = worker.conn.recv()
+                except (EOFError, OSError):
+                    break
+                with self._lock:
+                    job = worker.pending.pop(job_id, None)
+                    if job is not None:
+                        worker.load -= job.weight
+                if job is None:
+                    continue
+                if ok:
+                    job.settle(value)
+                else:
+                    job.settle(
+                        error=value if isinstance(value, SignerError) else HsmError(str(value))
+                    )
+        except Exception:
+            log.exception("reading from HSM worker %d failed; replacing it", worker.index)
+            worker.process.kill()
+        finally:
+            self._lost(worker)
 
     def _lost(self, worker: _Worker) -> None:
         with self._lock:
@@ -246,7 +289,7 @@ class WorkerPool:
             worker.load = 0
         if self._closing:
             for job in orphans:
-                job.future.set_exception(HsmUnavailable("the signer is shutting down"))
+                job.settle(error=HsmUnavailable("the signer is shutting down"))
             return
         log.error("HSM worker %d (pid %d) died; replacing it", worker.index, worker.pid)
         for job in orphans:
@@ -254,8 +297,8 @@ class WorkerPool:
                 job.retries_left -= 1
                 self._dispatch(job, exclude=worker.index)
             else:
-                job.future.set_exception(
-                    HsmUnavailable(f"HSM worker {worker.index} died during {job.name}; retry")
+                job.settle(
+                    error=HsmUnavailable(f"HSM worker {worker.index} died during {job.name}; retry")
                 )
         self._restart(worker.index)
 
@@ -269,10 +312,13 @@ class WorkerPool:
             time.sleep(delay)
             try:
                 replacement = self._spawn(index)
-            except SignerError as exc:
+            except (SignerError, OSError) as exc:
                 log.error("HSM worker %d could not restart: %s", index, exc)
                 continue
             with self._lock:
-                self._workers[index] = replacement
-                self.restarts += 1
+                if not self._closing:
+                    self._workers[index] = replacement
+                    self.restarts += 1
+                    return
+            replacement.process.kill()
             return

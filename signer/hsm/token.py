@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pkcs11
 from pkcs11 import Session, Token
@@ -87,14 +85,3 @@ def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
         raise wrap_error(exc, f"logging in to token {settings.token_label!r}") from None
     finally:
         del pin
-
-
-@contextmanager
-def session_scope(settings: HsmSettings) -> Iterator[Session]:
-    """A logged-in session for short tools (setup, CLI); closed on exit."""
-    lib = load_module(settings)
-    session = open_session(settings, lib)
-    try:
-        yield session
-    finally:
-        session.close()

@@ -111,6 +111,7 @@ class KeyRegistry:
         self._snapshot = _Snapshot()
         self._public: dict[str, tuple[bytes | None, bytes | None]] = {}
         self._write_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
 
     # -- reading ------------------------------------------------------------------------------
@@ -121,7 +122,15 @@ class KeyRegistry:
         return self._profiles
 
     def refresh(self) -> None:
-        """Reload lifecycle records from the token, and the DSCs of keys not seen before."""
+        """Reload lifecycle records from the token, and the DSCs of keys not seen before.
+
+        Refreshes are serialised: a background refresh that read the token before an
+        officer's change cannot install its stale view after the change's own refresh.
+        """
+        with self._refresh_lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         blobs: dict[str, bytes] = self._pool.call("records", application=RECORD_APPLICATION)
         loaded: dict[str, KeyRecord] = {}
         for name, blob in blobs.items():

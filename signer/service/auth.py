@@ -24,6 +24,14 @@ ROLE_OF_SERVICE: Mapping[str, str] = {
     "signer.v1.KeyAdmin": "officer",
     "signer.v1.Audit": "auditor",
 }
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+"""Services any certificate the client CA trusts may call; every other service is denied."""
 
 
 def certificate_identities(auth_context: Mapping[str, Sequence[bytes]]) -> list[str]:
@@ -40,6 +48,14 @@ def certificate_identities(auth_context: Mapping[str, Sequence[bytes]]) -> list[
         except x509.ExtensionNotFound:
             pass
     return names
+
+
+def role_identity(context: grpc.ServicerContext, roles: Roles, role: str) -> str | None:
+    """The certificate name under which the caller holds ``role`` (what dual control counts)."""
+    for name in certificate_identities(context.auth_context()):
+        if role in roles.roles_of([name]):
+            return name
+    return None
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:
@@ -104,9 +120,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        role = ROLE_OF_SERVICE.get(service_of(method))
-        if handler is None or role is None or not self._enforce:
+        service = service_of(method)
+        if handler is None or not self._enforce or service in OPEN_SERVICES:
             return handler
+        role = ROLE_OF_SERVICE.get(service, "")
         return _guarded(handler, lambda context: self._check(context, role, method))
 
     def _check(self, context: grpc.ServicerContext, role: str, method: str) -> None:

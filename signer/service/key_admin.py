@@ -7,25 +7,26 @@ from datetime import UTC, datetime
 
 import grpc
 
-from signer.errors import InvalidRequest
+from signer.errors import AuditError, InvalidRequest
 from signer.keys.dual_control import PendingChange
 from signer.keys.registry import ChangeOutcome, KeyRegistry, KeyView
-from signer.service.auth import certificate_identities
+from signer.service.auth import Roles, certificate_identities, role_identity
 from signer.service.metrics import Metrics
 from signer.service.rpc import instrumented
 from signer.service.signing import timestamp
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
 
-def officer_identity(context: grpc.ServicerContext, claimed: str) -> str:
-    """The officer: the client certificate's identity when there is one, else the request field.
+def officer_identity(context: grpc.ServicerContext, claimed: str, roles: Roles) -> str:
+    """The officer: the certificate identity that holds the officer role, else the request field.
 
-    Without mTLS (loopback development only) the identity is whatever the caller claims; with
-    mTLS a claimed identity is ignored, so dual control rests on two different certificates.
+    Without mTLS (allowed only in dev configurations) the identity is whatever the caller
+    claims; with mTLS a claimed identity is ignored and dual control counts the configured
+    officer identities, so one officer with two certificates is still one officer.
     """
     names = certificate_identities(context.auth_context())
     if names:
-        return names[0]
+        return role_identity(context, roles, "officer") or names[0]
     if not claimed.strip():
         raise InvalidRequest("officer is required: say who you are (e.g. --officer alice)")
     return claimed.strip()
@@ -78,18 +79,33 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     """The officer-facing API."""
 
     def __init__(
-        self, registry: KeyRegistry, metrics: Metrics, on_change: Callable[[], None]
+        self,
+        registry: KeyRegistry,
+        metrics: Metrics,
+        on_change: Callable[[], None],
+        roles: Roles,
+        audit_healthy: Callable[[], bool],
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._on_change = on_change
+        self._roles = roles
+        self._audit_healthy = audit_healthy
+
+    def _officer(self, context: grpc.ServicerContext, claimed: str) -> str:
+        """Who asks for a change; refused while key events cannot be audited."""
+        if not self._audit_healthy():
+            raise AuditError(
+                "the audit log cannot be written, so key changes are refused until it recovers"
+            )
+        return officer_identity(context, claimed, self._roles)
 
     @instrumented("GenerateKey")
     def GenerateKey(
         self, request: key_admin_pb2.GenerateKeyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GenerateKeyResponse:
         """Generate a key in the HSM and return its CSR."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         view, csr = self._registry.generate(request.profile, request.label, officer)
         return key_admin_pb2.GenerateKeyResponse(key=key_info(view), csr_der=csr)
 
@@ -105,7 +121,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.ImportCertificateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.KeyInfo:
         """Check and store the DSC the CSCA issued for a key."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         view = self._registry.import_certificate(request.key_id, request.certificate, officer)
         return key_info(view)
 
@@ -114,7 +130,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.ActivateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
         """Request (or, with one approval required, perform) a scheduled activation."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         at = request.activate_at.ToDatetime(tzinfo=UTC) if request.HasField("activate_at") else None
         outcome = self._registry.request_change(
             "activate", request.key_id, officer, {"activate_at": at}
@@ -127,7 +143,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
         """Request retirement of a key."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         outcome = self._registry.request_change(
             "retire", request.key_id, officer, {"reason": request.reason}
         )
@@ -139,7 +155,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.DestroyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
         """Request destruction of a retired key's private key."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         outcome = self._registry.request_change(
             "destroy", request.key_id, officer, {"force": request.force, "reason": request.reason}
         )
@@ -151,7 +167,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.ApproveRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
         """Approve another officer's pending change."""
-        officer = officer_identity(context, request.officer)
+        officer = self._officer(context, request.officer)
         outcome = self._registry.approve(request.change_id, officer)
         self._on_change()
         return _outcome(outcome)

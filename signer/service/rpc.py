@@ -59,9 +59,13 @@ def run_rpc(
         log.info("%s refused for %s: %s", method, peer_identity(context), error)
         abort(context, error)
         raise  # not reached: abort raises
-    except Exception:
+    except Exception as error:
+        if _is_abort(error):
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
         code = grpc.StatusCode.INTERNAL
         log.exception("%s failed", method)
+        context.abort(code, "internal error in the signer; the operator can find it in the log")
         raise
     finally:
         elapsed = time.perf_counter() - started
@@ -83,6 +87,11 @@ def run_rpc(
             fields["request_id"],
             extra={"rpc": fields},
         )
+
+
+def _is_abort(error: Exception) -> bool:
+    """True for the exception grpc raises inside ``context.abort`` (an RPC already ended)."""
+    return type(error).__name__ == "_AbortError" or isinstance(error, grpc.RpcError)
 
 
 def instrumented(method: str) -> Callable[[Handler[_R]], Handler[_R]]:

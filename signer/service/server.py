@@ -91,6 +91,7 @@ class Daemon:
         self.port = 0
         self._hsm = _Hsm()
         self._threads: list[threading.Thread] = []
+        self._warned: dict[str, datetime] = {}
 
     def start(self) -> None:
         """Start workers, open audit and keys, then serve gRPC and metrics."""
@@ -151,7 +152,14 @@ class Daemon:
         ]
         if s.server.admin_enabled and (credentials is not None or is_loopback(s.server.listen)):
             key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
-                KeyAdminService(self.registry, self.metrics, self._health_now), server
+                KeyAdminService(
+                    self.registry,
+                    self.metrics,
+                    self._health_now,
+                    roles,
+                    lambda: self.trail is not None and self.trail.healthy,
+                ),
+                server,
             )
             services.append(key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name)
         audit_pb2_grpc.add_AuditServicer_to_server(
@@ -203,12 +211,42 @@ class Daemon:
         missing = tuple(
             p for p in self.registry.profiles if self.registry.signing_view(p).active is None
         )
+        self._warn_expiring_keys()
         return HealthFacts(
             hsm_answers=self._hsm.ok,
             workers_up=self.pool.workers_up,
             audit_writable=self.trail.healthy,
             profiles_without_key=missing,
         )
+
+    def _warn_expiring_keys(self) -> None:
+        """Log (once an hour per key) and count keys that must stop signing within warn_before."""
+        assert self.registry is not None
+        now = datetime.now(UTC)
+        for profile in self.registry.profiles:
+            active = self.registry.signing_view(profile, now).active
+            if active is None or active.activate_at is None or active.dsc_not_after is None:
+                continue
+            left = seconds_until_stop_signing(
+                activated_at=active.activate_at,
+                dsc_not_after=active.dsc_not_after,
+                now=now,
+                policy=self.registry.policy,
+            )
+            if left > self.settings.keys.warn_before.total_seconds():
+                continue
+            last = self._warned.get(active.key_id)
+            if last is not None and (now - last).total_seconds() < 3600:
+                continue
+            self._warned[active.key_id] = now
+            self.metrics.key_warnings.labels(profile).inc()
+            log.warning(
+                "key %s of profile %s must stop signing in %.1f days: generate a key, have its"
+                " DSC issued and schedule its activation now",
+                active.key_id,
+                profile,
+                left / 86400,
+            )
 
     def _live_state(self) -> LiveState:
         assert self.registry is not None and self.trail is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from signer.errors import InvalidRequest
-from signer.hsm.mechanisms import SHA256_DIGEST_BYTES, SignatureEncoding
+from signer.sigformat import SHA256_DIGEST_BYTES, SignatureEncoding
 
 MAX_REQUEST_ID_CHARS = 128
 
