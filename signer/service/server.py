@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 import threading
 from collections.abc import Mapping
 from concurrent import futures
@@ -39,6 +40,8 @@ from signer.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def is_loopback(listen: str) -> bool:
@@ -96,6 +99,9 @@ class Daemon:
     def start(self) -> None:
         """Start workers, open audit and keys, then serve gRPC and metrics."""
         s = self.settings
+        # The RPC threads, pipe readers and audit writer hand work to each other all the time;
+        # with CPython's default 5 ms GIL switch interval each hand-off can wait that long.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         credentials = server_credentials(s.server.tls, s.server.listen)
         self.pool.start()
         self._hsm.ok = True
