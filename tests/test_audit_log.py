@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.audit.checkpoint import CheckpointSigner, open_checkpoint
 from signer.audit.events import EventType
@@ -25,25 +25,7 @@ from signer.audit.record import AuditRecord, decode_record
 from signer.audit.segments import LATEST_CHECKPOINT, list_segments
 from signer.audit.verify import FaultKind, verify_log
 from signer.errors import AuditError
-from signer.sigformat import der_to_raw
-
-ORIGIN = "test.example/audit"
-
-
-def make_signer() -> CheckpointSigner:
-    priv = ec.generate_private_key(ec.SECP256R1())
-    spki = priv.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return CheckpointSigner(
-        ORIGIN,
-        lambda d: der_to_raw(priv.sign(d, ec.ECDSA(utils.Prehashed(hashes.SHA256())))),
-        spki,
-    )
-
-
-def digest(*parts: object) -> bytes:
-    return hashlib.sha256(repr(parts).encode()).digest()
+from tests.audit_support import ORIGIN, digest, make_signer
 
 
 def sign_batch(log: AuditLog, n: int, tag: str = "r") -> int:

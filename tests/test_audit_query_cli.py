@@ -1,14 +1,11 @@
 """Queries (find by digest, tail) and the ``signer audit`` subcommands."""
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from signer.audit.checkpoint import CheckpointSigner
 from signer.audit.cli import add_subcommands
@@ -16,25 +13,7 @@ from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.audit.query import find_by_digest, latest_checkpoint, tail
 from signer.audit.segments import LATEST_CHECKPOINT, list_segments
-from signer.sigformat import der_to_raw
-
-ORIGIN = "test.example/audit"
-
-
-def make_signer() -> CheckpointSigner:
-    priv = ec.generate_private_key(ec.SECP256R1())
-    spki = priv.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return CheckpointSigner(
-        ORIGIN,
-        lambda d: der_to_raw(priv.sign(d, ec.ECDSA(utils.Prehashed(hashes.SHA256())))),
-        spki,
-    )
-
-
-def digest(*parts: object) -> bytes:
-    return hashlib.sha256(repr(parts).encode()).digest()
+from tests.audit_support import ORIGIN, digest, make_signer
 
 
 @pytest.fixture

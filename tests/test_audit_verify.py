@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives import serialization
 
 from signer.audit.checkpoint import CheckpointSigner
 from signer.audit.events import EventType
@@ -17,26 +16,10 @@ from signer.audit.log import AuditLog
 from signer.audit.record import GENESIS_PREV, decode_record, record_hash
 from signer.audit.segments import LATEST_CHECKPOINT, list_segments
 from signer.audit.verify import FaultKind, verify_log
-from signer.sigformat import der_to_raw, raw_to_der
+from signer.sigformat import raw_to_der
+from tests.audit_support import digest, make_signer
 
-ORIGIN = "test.example/audit"
 RECORDS = 8
-
-
-def make_signer() -> CheckpointSigner:
-    priv = ec.generate_private_key(ec.SECP256R1())
-    spki = priv.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return CheckpointSigner(
-        ORIGIN,
-        lambda d: der_to_raw(priv.sign(d, ec.ECDSA(utils.Prehashed(hashes.SHA256())))),
-        spki,
-    )
-
-
-def digest(*parts: object) -> bytes:
-    return hashlib.sha256(repr(parts).encode()).digest()
 
 
 @pytest.fixture
