@@ -310,3 +310,14 @@ def test_hsm_that_stops_answering_gives_unavailable(make_appliance: MakeApplianc
     assert not appliance.worker_pids() >= workers, "the hung worker was not replaced"
     assert len(sign(appliance, digests(3, b"thawed"), kid=kid).signatures) == 3
     assert appliance.process is not None and appliance.process.poll() is None
+
+
+def test_disabled_key_admin_is_neither_served_nor_reported(make_appliance: MakeAppliance) -> None:
+    appliance = make_appliance({"server": {"admin_enabled": False}})
+    assert appliance.health() == health_pb2.HealthCheckResponse.SERVING
+    assert appliance.health("signer.v1.KeyAdmin") is None  # health answers NOT_FOUND
+    from signer.v1 import key_admin_pb2
+
+    with pytest.raises(grpc.RpcError) as caught:
+        appliance.key_admin().ListKeys(key_admin_pb2.ListKeysRequest(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -42,7 +42,12 @@ def problems(facts: HealthFacts) -> list[str]:
 class HealthMonitor:
     """Re-evaluates health every ``interval`` seconds, and at once when asked."""
 
-    def __init__(self, gather: Callable[[], HealthFacts], interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        gather: Callable[[], HealthFacts],
+        interval: float = 2.0,
+        services: tuple[str, ...] = SERVICES,
+    ) -> None:
         self.servicer = health.HealthServicer()
         self._gather = gather
         self._interval = interval
@@ -50,7 +55,8 @@ class HealthMonitor:
         self._lock = threading.Lock()
         self.serving = False
         self.last_problems: list[str] = ["not checked yet"]
-        for service in SERVICES:
+        self._services = services
+        for service in services:
             self.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def check(self) -> bool:
@@ -72,7 +78,7 @@ class HealthMonitor:
                 if serving
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for service in SERVICES:
+            for service in self._services:
                 self.servicer.set(service, status)
             return serving
 

@@ -24,7 +24,7 @@ from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_sign
 from signer.keys.registry import KeyRegistry, make_registry
 from signer.service.audit_service import AuditService
 from signer.service.auth import AuthInterceptor, Roles
-from signer.service.health import HealthFacts, HealthMonitor
+from signer.service.health import SERVICES, HealthFacts, HealthMonitor
 from signer.service.key_admin import KeyAdminService
 from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
@@ -114,7 +114,12 @@ class Daemon:
         self.trail.record_event(
             "daemon_start", {"listen": s.server.listen, "workers": self.pool.size}
         )
-        self.health = HealthMonitor(self._health_facts)
+        served = (
+            SERVICES
+            if self._admin_served()
+            else tuple(name for name in SERVICES if name != "signer.v1.KeyAdmin")
+        )
+        self.health = HealthMonitor(self._health_facts, services=served)
         self.server = self._grpc_server(credentials)
         self.server.start()
         self.health.check()
@@ -156,7 +161,7 @@ class Daemon:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
-        if s.server.admin_enabled and (credentials is not None or is_loopback(s.server.listen)):
+        if self._admin_served():
             key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
                 KeyAdminService(
                     self.registry,
@@ -180,6 +185,11 @@ class Daemon:
         if self.port == 0:
             raise ConfigError(f"cannot listen on {s.server.listen}: address in use or invalid")
         return server
+
+    def _admin_served(self) -> bool:
+        """KeyAdmin is served with mTLS, or on loopback (dev), and only if enabled."""
+        s = self.settings.server
+        return s.admin_enabled and (s.tls.enabled or is_loopback(s.listen))
 
     def _open_audit(self) -> tuple[AuditLog | None, bytes]:
         if not self.settings.audit.enabled:
