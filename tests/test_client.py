@@ -37,7 +37,8 @@ from signer.client import (
     channel_target,
 )
 from signer.client.client import retry_delay
-from signer.client.errors import CURRENT_KID_METADATA, RETRY_AFTER_METADATA, from_rpc_error
+from signer.client.errors import from_rpc_error
+from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
 from signer.sigformat import raw_to_der
 from signer.v1 import signing_pb2, signing_pb2_grpc
 from tests.conftest import Appliance, metric_value, new_appliance

@@ -197,3 +197,32 @@ def test_json_log_lines_carry_the_rpc_fields() -> None:
         "OK",
         "r-1",
     )
+
+
+def test_tools_take_the_server_name_from_the_flag(tmp_path: Path) -> None:
+    from signer.cli import build_parser
+    from signer.client.connect import connection
+
+    files = [str(tmp_path / n) for n in ("ca.pem", "c.pem", "c.key")]
+    args = build_parser().parse_args(
+        [
+            "sign",
+            "--target",
+            "10.0.0.1:50051",
+            "--ca",
+            files[0],
+            "--cert",
+            files[1],
+            "--key",
+            files[2],
+            "--server-name",
+            "signer-1.example.vn",
+            "00",
+        ]
+    )
+    found = connection(args, "issuer")
+    assert found.targets == ["10.0.0.1:50051"]
+    assert found.server_name == "signer-1.example.vn"
+    assert found.tls is not None and str(found.tls.key) == files[2]
+    plain = build_parser().parse_args(["sign", "--target", "127.0.0.1:1", "00"])
+    assert connection(plain, "issuer").tls is None

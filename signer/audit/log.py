@@ -162,6 +162,11 @@ class AuditLog:
         return self._dir
 
     @property
+    def public_key_spki(self) -> bytes:
+        """SubjectPublicKeyInfo (DER) of the audit key that signs this log's checkpoints."""
+        return self._signer.spki_der
+
+    @property
     def healthy(self) -> bool:
         """False while the last write or fsync failed; signing must stop until it is True."""
         return self._healthy

@@ -101,6 +101,29 @@ def channel_target(targets: Sequence[str]) -> str:
     return f"{scheme}:{','.join(hosts)}"
 
 
+def open_channel(
+    targets: Sequence[str], tls: TlsFiles | None, server_name: str | None = None
+) -> grpc.Channel:
+    """A channel to one or more appliances: mTLS when ``tls`` is given, round robin, large
+    messages allowed (the server's own limit decides)."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+        ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+        ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    target = channel_target(targets)
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca.read_bytes(),
+        private_key=tls.key.read_bytes(),
+        certificate_chain=tls.cert.read_bytes(),
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class SignerClient:
     """A connection to one or more appliances."""
 
@@ -122,23 +145,7 @@ class SignerClient:
                 "max_batch and concurrency must be >= 1, retries >= 0, timeout > 0, backoff >= 0"
             )
         addresses = [targets] if isinstance(targets, str) else list(targets)
-        options: list[tuple[str, object]] = [
-            ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
-            ("grpc.max_send_message_length", _MESSAGE_LIMIT),
-            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-        ]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        target = channel_target(addresses)
-        if tls is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=tls.ca.read_bytes(),
-                private_key=tls.key.read_bytes(),
-                certificate_chain=tls.cert.read_bytes(),
-            )
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = open_channel(addresses, tls, server_name)
         self._stub = signing_pb2_grpc.SigningStub(self._channel)
         self._max_batch = max_batch
         self._timeout = timeout

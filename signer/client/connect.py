@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from signer.client.client import SignerClient, TlsFiles
+from signer.client.client import SignerClient, TlsFiles, open_channel
 from signer.config import Settings, load
 
 
@@ -23,6 +24,10 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cert", type=Path, help="PEM client certificate (mTLS)")
     group.add_argument("--key", type=Path, help="PEM client private key (mTLS)")
     group.add_argument(
+        "--server-name",
+        help="name to check in the server certificate, if not the target's host name",
+    )
+    group.add_argument(
         "--as",
         dest="identity",
         default=None,
@@ -34,8 +39,17 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     return load(args.config) if getattr(args, "config", None) else None
 
 
-def connection(args: argparse.Namespace, role: str) -> tuple[list[str], TlsFiles | None]:
-    """The targets and TLS files for a tool acting in ``role``."""
+@dataclass(frozen=True)
+class Connection:
+    """Where a tool connects and as whom."""
+
+    targets: list[str]
+    tls: TlsFiles | None
+    server_name: str | None
+
+
+def connection(args: argparse.Namespace, role: str) -> Connection:
+    """The targets, TLS files and server name for a tool acting in ``role``."""
     settings = _settings(args)
     targets = list(args.target or [])
     if not targets:
@@ -44,50 +58,32 @@ def connection(args: argparse.Namespace, role: str) -> tuple[list[str], TlsFiles
         host, _, port = settings.server.listen.rpartition(":")
         host = "127.0.0.1" if _unspecified(host) else host
         targets = [f"{host}:{port}"]
+    name = args.server_name or None
     if args.cert or args.key or args.ca:
         if not (args.cert and args.key and args.ca):
             raise SystemExit("mTLS needs --ca, --cert and --key together")
-        return targets, TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
+        return Connection(targets, TlsFiles(ca=args.ca, cert=args.cert, key=args.key), name)
     if settings is not None and settings.server.tls.enabled and settings.client.cert_dir:
-        name = args.identity or role
+        identity = args.identity or role
         folder = settings.client.cert_dir
         assert settings.client.ca is not None
-        return targets, TlsFiles(
-            ca=settings.client.ca, cert=folder / f"{name}.pem", key=folder / f"{name}.key"
+        tls = TlsFiles(
+            ca=settings.client.ca, cert=folder / f"{identity}.pem", key=folder / f"{identity}.key"
         )
-    return targets, None
-
-
-def server_name(args: argparse.Namespace) -> str | None:
-    """The TLS name to check the server certificate against, when not the target's host."""
-    if getattr(args, "server_name", None):
-        return str(args.server_name)
-    settings = _settings(args)
-    return (
-        settings.client.server_name if settings is not None and settings.client.cert_dir else None
-    )
+        return Connection(targets, tls, name or settings.client.server_name)
+    return Connection(targets, None, None)
 
 
 def make_client(args: argparse.Namespace, role: str = "issuer") -> SignerClient:
     """A SignerClient for the appliance the arguments point at."""
-    targets, tls = connection(args, role)
-    return SignerClient(targets, tls=tls, server_name=server_name(args) if tls else None)
+    found = connection(args, role)
+    return SignerClient(found.targets, tls=found.tls, server_name=found.server_name)
 
 
 def make_channel(args: argparse.Namespace, role: str) -> grpc.Channel:
-    """A raw channel, for the officer and auditor tools."""
-    targets, tls = connection(args, role)
-    target = targets[0]
-    if tls is None:
-        return grpc.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=tls.ca.read_bytes(),
-        private_key=tls.key.read_bytes(),
-        certificate_chain=tls.cert.read_bytes(),
-    )
-    name = server_name(args)
-    options = [("grpc.ssl_target_name_override", name)] if name else []
-    return grpc.secure_channel(target, credentials, options=options)
+    """A channel for the officer and auditor tools (first target only)."""
+    found = connection(args, role)
+    return open_channel(found.targets[:1], found.tls, found.server_name)
 
 
 def _unspecified(host: str) -> bool:

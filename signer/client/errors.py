@@ -9,9 +9,7 @@ from __future__ import annotations
 import grpc
 
 from signer.errors import SignerError
-
-CURRENT_KID_METADATA = "signer-current-kid-bin"
-RETRY_AFTER_METADATA = "signer-retry-after-seconds"
+from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
 
 
 class RequestRefused(SignerError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -76,12 +76,6 @@ class ChangeOutcome:
     key: KeyView
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    records: Mapping[str, KeyRecord] = field(default_factory=lambda: MappingProxyType({}))
-    loaded_at: datetime | None = None
-
-
 class KeyRegistry:
     """Keys, their lifecycle and their rotation, backed by the token."""
 
@@ -108,7 +102,7 @@ class KeyRegistry:
             overlap=settings.overlap,
             warn_before=settings.warn_before,
         )
-        self._snapshot = _Snapshot()
+        self._records_by_id: Mapping[str, KeyRecord] = MappingProxyType({})
         self._public: dict[str, tuple[bytes | None, bytes | None]] = {}
         self._write_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -142,7 +136,7 @@ class KeyRegistry:
             known = self._public.get(key_id)
             if known is None or (known[0] is None and record.kid is not None):
                 self._public[key_id] = self._load_public(record)
-        self._snapshot = _Snapshot(MappingProxyType(loaded), self._clock())
+        self._records_by_id = MappingProxyType(loaded)
 
     def _load_public(self, record: KeyRecord) -> tuple[bytes | None, bytes | None]:
         dsc = self._pool.call("certificate", key_id=record.key_id) if record.kid else None
@@ -167,7 +161,7 @@ class KeyRegistry:
         self._stop.set()
 
     def _records(self) -> list[KeyRecord]:
-        return list(self._snapshot.records.values())
+        return list(self._records_by_id.values())
 
     def _view(self, record: KeyRecord, now: datetime | None = None) -> KeyView:
         moment = now or self._clock()
@@ -198,13 +192,16 @@ class KeyRegistry:
             raise PolicyError(view.reason_if_none)
         return self._view(view.active, now)
 
-    def key_for_kid(self, profile: str, kid: bytes) -> KeyView:
-        """The key that signs a request carrying ``kid``, or KidNotAccepted with the current kid."""
-        now = self._clock()
-        view = self.signing_view(profile, now)
+    def key_for_kid(self, profile: str, kid: bytes) -> KeyRecord:
+        """The key that signs a request carrying ``kid``, or KidNotAccepted with the current kid.
+
+        This is on every signing request, so it returns the bare record: the listing-only
+        fields of :class:`KeyView` (effective state, usable-until) are not computed.
+        """
+        view = self.signing_view(profile)
         record = view.accepted.get(kid)
         if record is not None:
-            return self._view(record, now)
+            return record
         if view.active is None:
             raise PolicyError(view.reason_if_none)
         current = view.active.kid
@@ -228,7 +225,7 @@ class KeyRegistry:
 
     def key(self, key_id: str) -> KeyView:
         """One key by its id."""
-        record = self._snapshot.records.get(key_id)
+        record = self._records_by_id.get(key_id)
         if record is None:
             raise KeyNotFound(f"no key with id {key_id!r}; `signer keys list` shows the keys")
         return self._view(record)

@@ -30,7 +30,8 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             raise AuditError("the audit log is disabled in this appliance's configuration")
 
     def _public_key(self) -> bytes:
-        return self._trail.public_key_spki
+        assert self._trail.log is not None
+        return self._trail.log.public_key_spki
 
     @instrumented("VerifyLog")
     def VerifyLog(

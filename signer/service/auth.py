@@ -8,6 +8,7 @@ reflection need only a certificate the server's client CA trusts (checked by TLS
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,16 +39,21 @@ def certificate_identities(auth_context: Mapping[str, Sequence[bytes]]) -> list[
     """Every name under which a verified client certificate may be known."""
     names = [f"CN={cn.decode()}" for cn in auth_context.get("x509_common_name", [])]
     pem = auth_context.get("x509_pem_cert", [])
-    if pem:
-        cert = x509.load_pem_x509_certificate(pem[0])
-        names.append("SHA256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest())
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names += [f"URI:{u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-            names += [f"DNS:{d}" for d in san.get_values_for_type(x509.DNSName)]
-        except x509.ExtensionNotFound:
-            pass
-    return names
+    return names + list(_certificate_names(pem[0])) if pem else names
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_names(pem: bytes) -> tuple[str, ...]:
+    """Fingerprint and SAN names of a client certificate (parsed once per certificate)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    names = ["SHA256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return tuple(names)
+    names += [f"URI:{u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    names += [f"DNS:{d}" for d in san.get_values_for_type(x509.DNSName)]
+    return tuple(names)
 
 
 def role_identity(context: grpc.ServicerContext, roles: Roles, role: str) -> str | None:

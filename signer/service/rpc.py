@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from signer.errors import KidNotAccepted, QuotaExceeded, SignerError
+from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
 from signer.service.auth import caller_identity
 from signer.service.metrics import Metrics
 from signer.service.status import status_code
@@ -18,16 +19,9 @@ from signer.service.status import status_code
 log = logging.getLogger("signer.rpc")
 access = logging.getLogger("signer.access")
 
-CURRENT_KID_METADATA = "signer-current-kid-bin"
-RETRY_AFTER_METADATA = "signer-retry-after-seconds"
 
 _R = TypeVar("_R")
 Handler = Callable[[Any, Any, grpc.ServicerContext], _R]
-
-
-def peer_identity(context: grpc.ServicerContext) -> str:
-    """Who is calling: the client certificate's identity, else the peer address."""
-    return caller_identity(context)
 
 
 def abort(context: grpc.ServicerContext, error: SignerError) -> None:
@@ -56,7 +50,7 @@ def run_rpc(
         return call()
     except SignerError as error:
         code = status_code(error)
-        log.info("%s refused for %s: %s", method, peer_identity(context), error)
+        log.info("%s refused for %s: %s", method, caller_identity(context), error)
         abort(context, error)
         raise  # not reached: abort raises
     except Exception as error:
@@ -73,7 +67,7 @@ def run_rpc(
         metrics.request_seconds.labels(method).observe(elapsed)
         fields = {
             "method": method,
-            "identity": peer_identity(context),
+            "identity": caller_identity(context),
             "code": code.name,
             "duration_ms": round(elapsed * 1000, 3),
             "request_id": request_id[:128],

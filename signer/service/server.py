@@ -8,7 +8,6 @@ import sys
 import threading
 from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ from signer.audit.log import AuditLog
 from signer.config import Settings, TlsSettings, check_private_file
 from signer.errors import ConfigError, SignerError
 from signer.hsm.pool import WorkerPool
+from signer.keys.lifecycle import KeyRecord
 from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_signing
 from signer.keys.registry import KeyRegistry, make_registry
 from signer.service.audit_service import AuditService
@@ -29,7 +29,7 @@ from signer.service.key_admin import KeyAdminService
 from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
 from signer.service.signing import SigningService
-from signer.service.trail import AuditTrail, audit_log_public_key, open_audit_log
+from signer.service.trail import AuditTrail, open_audit_log
 from signer.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -75,11 +75,6 @@ def server_credentials(tls: TlsSettings, listen: str) -> grpc.ServerCredentials 
     )
 
 
-@dataclass
-class _Hsm:
-    ok: bool = False
-
-
 class Daemon:
     """One signing appliance process."""
 
@@ -92,7 +87,7 @@ class Daemon:
         self.health: HealthMonitor | None = None
         self.server: grpc.Server | None = None
         self.port = 0
-        self._hsm = _Hsm()
+        self._hsm_ok = False
         self._threads: list[threading.Thread] = []
         self._warned: dict[str, datetime] = {}
 
@@ -104,10 +99,9 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         credentials = server_credentials(s.server.tls, s.server.listen)
         self.pool.start()
-        self._hsm.ok = True
-        audit_log, audit_spki = self._open_audit()
+        self._hsm_ok = True
         self.trail = AuditTrail(
-            audit_log, self.metrics, s.audit.store_signatures, self._health_now, audit_spki
+            self._open_audit(), self.metrics, s.audit.store_signatures, self._health_now
         )
         self.registry = make_registry(self.pool, s, self._lifecycle_event)
         self.registry.refresh()
@@ -191,12 +185,11 @@ class Daemon:
         s = self.settings.server
         return s.admin_enabled and (s.tls.enabled or is_loopback(s.listen))
 
-    def _open_audit(self) -> tuple[AuditLog | None, bytes]:
+    def _open_audit(self) -> AuditLog | None:
         if not self.settings.audit.enabled:
             log.warning("audit log DISABLED by configuration: signatures are not recorded")
-            return None, b""
-        audit_log = open_audit_log(self.pool, self.settings, lambda healthy: self._health_now())
-        return audit_log, audit_log_public_key(self.pool, self.settings)
+            return None
+        return open_audit_log(self.pool, self.settings, lambda healthy: self._health_now())
 
     def _lifecycle_event(self, name: str, details: Mapping[str, Any]) -> None:
         assert self.trail is not None
@@ -220,27 +213,24 @@ class Daemon:
         assert self.registry is not None and self.trail is not None
         try:
             self.pool.call("ping")
-            self._hsm.ok = True
+            self._hsm_ok = True
         except SignerError:
-            self._hsm.ok = False
+            self._hsm_ok = False
             self.metrics.hsm_errors.labels("ping").inc()
-        missing = tuple(
-            p for p in self.registry.profiles if self.registry.signing_view(p).active is None
-        )
-        self._warn_expiring_keys()
+        now = datetime.now(UTC)
+        active = {p: self.registry.signing_view(p, now).active for p in self.registry.profiles}
+        self._warn_expiring_keys(active, now)
         return HealthFacts(
-            hsm_answers=self._hsm.ok,
+            hsm_answers=self._hsm_ok,
             workers_up=self.pool.workers_up,
             audit_writable=self.trail.healthy,
-            profiles_without_key=missing,
+            profiles_without_key=tuple(p for p, key in active.items() if key is None),
         )
 
-    def _warn_expiring_keys(self) -> None:
+    def _warn_expiring_keys(self, actives: Mapping[str, KeyRecord | None], now: datetime) -> None:
         """Log (once an hour per key) and count keys that must stop signing within warn_before."""
         assert self.registry is not None
-        now = datetime.now(UTC)
-        for profile in self.registry.profiles:
-            active = self.registry.signing_view(profile, now).active
+        for profile, active in actives.items():
             if active is None or active.activate_at is None or active.dsc_not_after is None:
                 continue
             left = seconds_until_stop_signing(
@@ -294,7 +284,7 @@ class Daemon:
             workers_configured=self.pool.size,
             workers_up=self.pool.workers_up,
             worker_restarts=self.pool.restarts,
-            hsm_up=self._hsm.ok,
+            hsm_up=self._hsm_ok,
             serving=bool(self.health and self.health.serving),
             audit_healthy=self.trail.healthy,
             audit_last_sequence=audit_log.size if audit_log else 0,

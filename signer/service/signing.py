@@ -13,9 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from signer.errors import AuditError, HsmError, InvalidRequest
 from signer.hsm.pool import WorkerPool
 from signer.keys.registry import KeyRegistry, KeyView
+from signer.service.auth import caller_identity
 from signer.service.metrics import Metrics
 from signer.service.quota import Quotas
-from signer.service.rpc import instrumented, peer_identity, run_rpc
+from signer.service.rpc import instrumented, run_rpc
 from signer.service.validation import check_digests, check_request_id, encoding_for
 from signer.v1 import signing_pb2, signing_pb2_grpc
 
@@ -97,8 +98,9 @@ class SigningService(signing_pb2_grpc.SigningServicer):
                 "kid is required: call GetSigningKey and send the kid you put in the protected"
                 " header"
             )
-        view = self._registry.key_for_kid(request.profile, bytes(request.kid))
-        identity = peer_identity(context)
+        record = self._registry.key_for_kid(request.profile, bytes(request.kid))
+        kid = bytes(request.kid)
+        identity = caller_identity(context)
         if not self._audit.healthy:
             raise AuditError(
                 "the audit log cannot be written, so signing is stopped until it recovers;"
@@ -107,25 +109,24 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         with self._quotas.admit(identity, len(digests)):
             started = time.perf_counter()
             try:
-                signatures = self._pool.sign(view.key_id, digests, encoding)
+                signatures = self._pool.sign(record.key_id, digests, encoding)
             except HsmError as error:
                 self._metrics.hsm_errors.labels(type(error).__name__).inc()
                 raise
             self._metrics.hsm_sign_seconds.observe(time.perf_counter() - started)
-            assert view.record.kid is not None
             sequence = self._audit.record_signatures(
                 identity=identity,
                 profile=request.profile,
-                kid=view.record.kid,
+                kid=kid,
                 request_id=request_id,
                 digests=digests,
                 signatures=signatures,
             )
         self._metrics.batch_size.observe(len(digests))
-        self._metrics.signatures.labels(request.profile, view.record.kid.hex()).inc(len(digests))
+        self._metrics.signatures.labels(request.profile, kid.hex()).inc(len(digests))
         return signing_pb2.SignBatchResponse(
             signatures=signatures,
-            kid=view.record.kid,
+            kid=kid,
             audit_sequence=sequence,
             request_id=request_id,
         )

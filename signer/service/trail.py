@@ -28,11 +28,8 @@ class AuditTrail:
         metrics: Metrics,
         store_signatures: bool,
         on_failure: Callable[[], None] = lambda: None,
-        public_key_spki: bytes = b"",
     ) -> None:
         self.log = audit_log
-        self.public_key_spki = public_key_spki
-        """SubjectPublicKeyInfo (DER) of the audit key that signs checkpoints."""
         self._metrics = metrics
         self._store_signatures = store_signatures
         self._on_failure = on_failure
@@ -104,7 +101,7 @@ def open_audit_log(
     signer = CheckpointSigner(
         origin=settings.audit.origin,
         sign=lambda digest: pool.sign(key_id, [digest], SignatureEncoding.RAW)[0],
-        spki_der=audit_log_public_key(pool, settings),
+        spki_der=pool.call("public_key", key_id=key_id),
     )
     settings.audit.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return AuditLog(
