@@ -126,7 +126,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _dev_setup(args: argparse.Namespace) -> int:
-    from signer.devsetup import dev_setup
+    from signer.dev.setup import dev_setup
 
     settings = load(args.config)
     configure_logging(settings.log)
@@ -135,7 +135,7 @@ def _dev_setup(args: argparse.Namespace) -> int:
 
 
 def _dev_issue_cert(args: argparse.Namespace) -> int:
-    from signer.devsetup import dev_issue_certificate
+    from signer.dev.setup import dev_issue_certificate
     from signer.keys.pem import certificate_pem
 
     der = dev_issue_certificate(load(args.config), args.key_id, timedelta(days=args.days))

@@ -22,7 +22,7 @@ from asn1crypto import pem
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.config import Settings, check_private_file, read_pin
-from signer.dev_tls import ensure_dev_tls
+from signer.dev.tls import ensure_dev_tls
 from signer.errors import KeyNotFound
 from signer.hsm.mechanisms import SignatureEncoding
 from signer.hsm.pool import WorkerPool
