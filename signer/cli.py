@@ -135,10 +135,10 @@ def _dev_setup(args: argparse.Namespace) -> int:
 
 
 def _dev_issue_cert(args: argparse.Namespace) -> int:
-    from signer.dev.setup import dev_issue_certificate
+    from signer.dev.setup import issue_dev_certificate
     from signer.keys.pem import certificate_pem
 
-    der = dev_issue_certificate(load(args.config), args.key_id, timedelta(days=args.days))
+    der = issue_dev_certificate(load(args.config), args.key_id, timedelta(days=args.days))
     args.out.write_bytes(certificate_pem(der))
     print(f"the dev CSCA issued a DSC for key {args.key_id}: {args.out}", file=sys.stderr)
     return 0

@@ -74,3 +74,8 @@ class QuotaExceeded(SignerError):
 
     def __reduce__(self) -> tuple[type, tuple[str, float]]:
         return (type(self), (str(self), self.retry_after))
+
+
+class StoreConflict(SignerError):
+    """A record changed between reading and writing it (another officer or appliance wrote
+    first); reload and retry."""

@@ -10,6 +10,7 @@ from asn1crypto.algos import DSASignature
 
 P256_COORDINATE_BYTES = 32
 SHA256_DIGEST_BYTES = 32
+P256_SIGNATURE_BYTES = 2 * P256_COORDINATE_BYTES
 
 
 class SignatureEncoding(enum.Enum):

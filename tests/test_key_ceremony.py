@@ -30,11 +30,15 @@ from cryptography.x509.oid import NameOID
 
 from signer.config import load
 from signer.dcc.trust import TrustStore
+from signer.dev.csca import dev_issue_certificate
 from signer.errors import PolicyError
 from signer.hsm.pool import WorkerPool
+from signer.hsm.pooled import PooledToken
+from signer.keys.ceremony import KeyCeremonies, make_ceremonies
 from signer.keys.pem import csr_pem
 from signer.keys.registry import KeyRegistry, make_registry
 from signer.sigformat import raw_to_der
+from signer.store.select import open_store
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc, signing_pb2
 from tests.conftest import Appliance, MakeAppliance, new_appliance
 
@@ -343,16 +347,16 @@ def _certificate(
 
 @dataclass
 class Officers:
-    """KeyAdmin over gRPC plus a registry on the same token that plays the dev CSCA.
+    """KeyAdmin over gRPC plus ceremonies on the same token, which play the dev CSCA.
 
     The bad-input tests use the API directly (the CLI costs about a second per call on a
-    2-core machine); the ceremony test above covers the CLI. ``token`` is a second registry
-    on the daemon's token, the same thing ``signer keys dev-issue-cert`` builds.
+    2-core machine); the ceremony test above covers the CLI. ``ceremonies`` work on the
+    daemon's token and store, the same thing ``signer keys dev-issue-cert`` builds.
     """
 
     app: Appliance
-    token: KeyRegistry
-    pool: WorkerPool
+    ceremonies: KeyCeremonies
+    token: PooledToken
 
     def stub(self) -> key_admin_pb2_grpc.KeyAdminStub:
         return self.app.key_admin()
@@ -365,8 +369,14 @@ class Officers:
         return reply.key.key_id, reply.csr_der
 
     def dev_cert(self, key_id: str, days: int = 730) -> bytes:
-        self.token.refresh()
-        return self.token.dev_issue_certificate(key_id, timedelta(days=days))
+        self.ceremonies.registry.refresh()
+        return dev_issue_certificate(
+            load(self.app.config_path),
+            self.token,
+            self.ceremonies,
+            key_id,
+            timedelta(days=days),
+        )
 
     def import_cert(self, key_id: str, certificate: bytes) -> key_admin_pb2.KeyInfo:
         return self.stub().ImportCertificate(
@@ -422,8 +432,11 @@ def officers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Officers]:
             patch.setenv(name, value)
         pool = WorkerPool(settings.hsm, count=1)
         pool.start()
+    token = PooledToken(pool)
+    store = open_store(settings, token)
+    ceremonies = make_ceremonies(make_registry(token, store, settings), token, store, settings)
     try:
-        yield Officers(app, make_registry(pool, settings), pool)
+        yield Officers(app, ceremonies, token)
     finally:
         pool.close()
         app.stop()
@@ -517,13 +530,17 @@ def test_expired_change_cannot_be_approved(officers: Officers) -> None:
     change = officers.activate(key_id, None).change
     assert change.expires_at.ToDatetime(tzinfo=UTC) <= datetime.now(UTC) + timedelta(minutes=1)
     before = key_set(app)
-    late = KeyRegistry(
-        officers.pool,
-        load(app.config_path).keys,
+    settings = load(app.config_path)
+    store = open_store(settings, officers.token)
+    registry = KeyRegistry(
+        officers.token,
+        store,
+        settings.keys,
         (PROFILE,),
         clock=lambda: datetime.now(UTC) + timedelta(minutes=2),
     )
-    late.refresh()
+    registry.refresh()
+    late = KeyCeremonies(registry, officers.token, store, settings.keys)
     with pytest.raises(PolicyError, match="expired at"):
         late.approve(change.change_id, "bob")
     assert officers.changes() == []

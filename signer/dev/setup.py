@@ -22,17 +22,20 @@ from asn1crypto import pem
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.config import Settings, check_private_file, read_pin
+from signer.dev.csca import dev_issue_certificate
 from signer.dev.tls import ensure_dev_tls
 from signer.errors import KeyNotFound
-from signer.hsm.mechanisms import SignatureEncoding
-from signer.hsm.pool import WorkerPool
+from signer.hsm.api import Token, digest_signer
+from signer.hsm.pooled import PooledToken, pooled_token
 from signer.hsm.provision import init_token, token_exists
+from signer.keys.ceremony import KeyCeremonies, make_ceremonies
 from signer.keys.issuance import issue_self_signed_csca
 from signer.keys.lifecycle import KeyState
 from signer.keys.pem import certificate_der, certificate_pem, load_certificate
-from signer.keys.registry import KeyRegistry, make_registry
+from signer.keys.registry import make_registry
 from signer.keys.spki import load_p256_spki
 from signer.service.trail import audit_log_public_key, open_audit_log
+from signer.store.select import open_store
 
 log = logging.getLogger(__name__)
 
@@ -54,65 +57,66 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
         so_pin = so_pin_file.read_text(encoding="utf-8").strip()
         init_token(settings.hsm.module, settings.hsm.token_label, so_pin, read_pin(settings.hsm))
         log.info("initialised token %r", settings.hsm.token_label)
-    pool = WorkerPool(settings.hsm, count=1)
-    pool.start()
     audit_log: AuditLog | None = None
-    try:
-        ensure_key(pool, settings.hsm.audit_key_label)
-        csca_key = ensure_key(pool, settings.hsm.csca_key_label)
-        ensure_csca_certificate(pool, settings, csca_key)
-        if settings.audit.enabled:
-            export_audit_public_key(pool, settings)
-        one_officer = replace(settings, keys=replace(settings.keys, approvals_required=1))
-        lacking = profiles_without_active_key(make_registry(pool, one_officer), settings)
-        if lacking:
-            # Only now is the audit log opened: a running daemon holds it, and a set-up that
-            # has nothing to do must not need it.
-            if settings.audit.enabled:
-                audit_log = open_audit_log(pool, settings)
-            registry = make_registry(pool, one_officer, _recorder(audit_log))
-            registry.refresh()
-            for profile in lacking:
-                ensure_active_key(registry, profile)
-    finally:
+    with pooled_token(settings.hsm, count=1) as token:
         try:
+            ensure_key(token, settings.hsm.audit_key_label)
+            csca_key = ensure_key(token, settings.hsm.csca_key_label)
+            ensure_csca_certificate(token, settings, csca_key)
+            if settings.audit.enabled:
+                export_audit_public_key(token, settings)
+            one_officer = replace(settings, keys=replace(settings.keys, approvals_required=1))
+            lacking = profiles_without_active_key(token, one_officer)
+            if lacking:
+                # Only now is the audit log opened: a running daemon holds it, and a set-up
+                # that has nothing to do must not need it.
+                if settings.audit.enabled:
+                    audit_log = open_audit_log(token, settings)
+                ceremonies = _ceremonies(token, one_officer, _recorder(audit_log))
+                for profile in lacking:
+                    ensure_active_key(token, settings, ceremonies, profile)
+        finally:
             if audit_log is not None:
                 audit_log.close()
-        finally:
-            pool.close()
 
 
-def profiles_without_active_key(registry: KeyRegistry, settings: Settings) -> list[str]:
-    """The configured profiles that have no key signing right now."""
+def _ceremonies(token: PooledToken, settings: Settings, on_event: Any = None) -> KeyCeremonies:
+    store = open_store(settings, token)
+    registry = make_registry(token, store, settings)
     registry.refresh()
+    return make_ceremonies(registry, token, store, settings, on_event)
+
+
+def profiles_without_active_key(token: PooledToken, settings: Settings) -> list[str]:
+    """The configured profiles that have no key signing right now."""
+    registry = _ceremonies(token, settings).registry
     return [p for p in settings.profiles if registry.signing_view(p).active is None]
 
 
-def ensure_key(pool: WorkerPool, label: str) -> str:
+def ensure_key(token: Token, label: str) -> str:
     """The id of the key with this label, generated in the HSM if missing."""
     try:
-        key_id: str = pool.call("key_id_by_label", label=label)
-        return key_id
+        return token.key_id_by_label(label)
     except KeyNotFound:
-        generated = pool.call("generate_key", label=label)
+        generated = token.generate_key(label)
         log.info("generated key %r in the HSM", label)
-        return str(generated.key_id)
+        return generated.key_id
 
 
-def export_audit_public_key(pool: WorkerPool, settings: Settings) -> Path:
+def export_audit_public_key(token: Token, settings: Settings) -> Path:
     """Write the audit key's public half (PEM) beside the audit folder, for auditors."""
     path = settings.audit.directory.parent / AUDIT_PUBLIC_KEY_FILE
-    spki = audit_log_public_key(pool, settings)
+    spki = audit_log_public_key(token, settings)
     path.write_bytes(pem.armor("PUBLIC KEY", spki))
     return path
 
 
-def ensure_csca_certificate(pool: WorkerPool, settings: Settings, csca_key: str) -> None:
+def ensure_csca_certificate(token: Token, settings: Settings, csca_key: str) -> None:
     """Write a self-signed dev CSCA certificate for the CSCA key, unless a matching one exists."""
     path = settings.keys.csca_cert
     if path is None:
         return
-    spki = pool.call("public_key", key_id=csca_key)
+    spki = token.public_key(csca_key)
     if path.exists():
         existing = load_certificate(path.read_bytes())
         if load_p256_spki(existing.public_key.dump()) == load_p256_spki(spki):
@@ -125,7 +129,7 @@ def ensure_csca_certificate(pool: WorkerPool, settings: Settings, csca_key: str)
             "organization_name": "signer development",
             "common_name": "DEV CSCA - NOT FOR PRODUCTION",
         },
-        sign=lambda digest: pool.sign(csca_key, [digest], SignatureEncoding.RAW)[0],
+        sign=digest_signer(token, csca_key),
         not_before=now - timedelta(hours=1),
         not_after=now + DEV_CSCA_VALIDITY,
     )
@@ -134,8 +138,11 @@ def ensure_csca_certificate(pool: WorkerPool, settings: Settings, csca_key: str)
     log.info("wrote dev CSCA certificate %s", path)
 
 
-def ensure_active_key(registry: KeyRegistry, profile: str) -> None:
+def ensure_active_key(
+    token: Token, settings: Settings, ceremonies: KeyCeremonies, profile: str
+) -> None:
     """Give ``profile`` an active key: generate, have the dev CSCA certify, import, activate."""
+    registry = ceremonies.registry
     if registry.signing_view(profile).active is not None:
         return
     waiting = [
@@ -143,11 +150,13 @@ def ensure_active_key(registry: KeyRegistry, profile: str) -> None:
         for v in registry.list_keys(profile)
         if v.record.state in (KeyState.PENDING, KeyState.READY)
     ]
-    view = waiting[-1] if waiting else registry.generate(profile, f"dev-{profile}", SETUP_ACTOR)[0]
+    view = (
+        waiting[-1] if waiting else ceremonies.generate(profile, f"dev-{profile}", SETUP_ACTOR)[0]
+    )
     if view.record.state is KeyState.PENDING:
-        dsc = registry.dev_issue_certificate(view.key_id, DEV_DSC_VALIDITY)
-        view = registry.import_certificate(view.key_id, dsc, SETUP_ACTOR)
-    registry.request_change("activate", view.key_id, SETUP_ACTOR, {"activate_at": None})
+        dsc = dev_issue_certificate(settings, token, ceremonies, view.key_id, DEV_DSC_VALIDITY)
+        view = ceremonies.import_certificate(view.key_id, dsc, SETUP_ACTOR)
+    ceremonies.request_change("activate", view.key_id, SETUP_ACTOR, {"activate_at": None})
     log.info("profile %s: key %s active", profile, view.key_id)
 
 
@@ -160,15 +169,10 @@ def _recorder(audit_log: AuditLog | None) -> Any:
     return record
 
 
-def dev_issue_certificate(settings: Settings, key_id: str, validity: timedelta) -> bytes:
-    """Have the dev CSCA key in the HSM certify a key's CSR (refused outside dev configs)."""
+def issue_dev_certificate(settings: Settings, key_id: str, validity: timedelta) -> bytes:
+    """``signer keys dev-issue-cert``: the dev CSCA certifies a key's CSR (dev configs only)."""
     for key, value in settings.hsm.environment().items():
         os.environ[key] = value
-    pool = WorkerPool(settings.hsm, count=1)
-    pool.start()
-    try:
-        registry = make_registry(pool, settings)
-        registry.refresh()
-        return registry.dev_issue_certificate(key_id, validity)
-    finally:
-        pool.close()
+    with pooled_token(settings.hsm, count=1) as token:
+        ceremonies = _ceremonies(token, settings)
+        return dev_issue_certificate(settings, token, ceremonies, key_id, validity)

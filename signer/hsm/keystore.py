@@ -8,31 +8,25 @@ changes) are ``CKO_DATA`` objects whose ``CKA_APPLICATION`` says what they hold 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import x509
 from pkcs11 import Attribute, CertificateType, KeyType, MechanismFlag, ObjectClass, Session
-from pkcs11.exceptions import PKCS11Error
+from pkcs11.exceptions import ObjectHandleInvalid, PKCS11Error
 from pkcs11.types import Object, PrivateKey, PublicKey
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from signer.errors import KeyNotFound
+from signer.errors import HsmError, KeyNotFound
+from signer.hsm.api import GeneratedKey
 from signer.hsm.mechanisms import P256_CURVE_OID, private_key_template, public_key_template
 from signer.hsm.token import wrap_error
+from signer.store.api import conflict
 
 KEY_ID_BYTES = 8
 _GENERATION_BYTES = 8
-
-
-@dataclass(frozen=True)
-class GeneratedKey:
-    """A key pair just created inside the HSM: its identifier and its public half."""
-
-    key_id: str
-    spki_der: bytes
 
 
 def new_key_id() -> bytes:
@@ -57,9 +51,39 @@ def generate_ec_key(session: Session, label: str, key_id: bytes | None = None) -
             public_template=public_key_template(label),
             private_template=private_key_template(label),
         )
-        return GeneratedKey(key_id=cka_id.hex(), spki_der=encode_ec_public_key(public))
+        spki = bytes(encode_ec_public_key(public))
     except PKCS11Error as exc:
         raise wrap_error(exc, f"generating key {label!r}") from None
+    weak = protection_problems(private_key_attributes(session, cka_id.hex()))
+    if weak:
+        destroy_key_pair(session, cka_id.hex())
+        raise HsmError(
+            f"the HSM made key {label!r} with {', '.join(weak)}; it was destroyed. signer needs"
+            " keys that are sensitive, never extractable and sign-only: check the module"
+        )
+    return GeneratedKey(key_id=cka_id.hex(), spki_der=spki)
+
+
+REQUIRED_PROTECTION: dict[str, bool] = {
+    "sensitive": True,
+    "extractable": False,
+    "always_sensitive": True,
+    "never_extractable": True,
+    "sign": True,
+    "decrypt": False,
+    "derive": False,
+    "unwrap": False,
+}
+"""Attribute values a private key must read back with, or signer refuses it."""
+
+
+def protection_problems(flags: dict[str, bool]) -> list[str]:
+    """The protection flags that differ from :data:`REQUIRED_PROTECTION` (pure)."""
+    return [
+        f"{name}={flags.get(name)}"
+        for name, wanted in REQUIRED_PROTECTION.items()
+        if flags.get(name) != wanted
+    ]
 
 
 def _find_one(session: Session, template: dict[Attribute, Any], what: str) -> Object:
@@ -116,7 +140,7 @@ def key_id_by_label(session: Session, label: str) -> str:
 
 
 def private_key_attributes(session: Session, key_id: str) -> dict[str, bool]:
-    """The protection flags of a private key, for checks and tests."""
+    """The protection flags of a private key, read back from the HSM."""
     key = private_key(session, key_id)
     names = {
         "sensitive": Attribute.SENSITIVE,
@@ -130,15 +154,6 @@ def private_key_attributes(session: Session, key_id: str) -> dict[str, bool]:
         "local": Attribute.LOCAL,
     }
     return {name: bool(key[attr]) for name, attr in names.items()}
-
-
-def read_private_value(session: Session, key_id: str) -> bytes:
-    """Try to read ``CKA_VALUE`` of a private key; the token must refuse (tests prove it)."""
-    key = private_key(session, key_id)
-    try:
-        return bytes(key[Attribute.VALUE])
-    except PKCS11Error as exc:
-        raise wrap_error(exc, f"reading the private value of key {key_id}") from None
 
 
 def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> None:
@@ -198,17 +213,25 @@ def destroy_key_pair(session: Session, key_id: str) -> int:
     return removed
 
 
-def put_record(session: Session, application: str, name: str, value: bytes) -> None:
-    """Create or replace the data object ``(application, name)`` with ``value``.
+def put_record(
+    session: Session, application: str, name: str, expected_generation: int, value: bytes
+) -> int:
+    """Write the data object ``(application, name)`` if its generation is the expected one.
 
-    Tokens keep ``CKA_VALUE`` of data objects read-only, so a replacement is written as a new
-    object with a higher generation before the old one is destroyed: a reader in another daemon
-    never finds the record missing, and :func:`records` picks the newest generation.
+    Tokens keep ``CKA_VALUE`` of data objects read-only, so a write creates a new object with
+    the next generation and then destroys the older ones: a reader in another daemon never
+    finds the record missing, and :func:`records` picks the newest generation. PKCS#11 has no
+    compare-and-swap, so after creating its object a writer looks again: if another object
+    holds the same generation, two daemons wrote at once and this writer withdraws its object
+    (both may withdraw; neither is then applied twice). Returns the new generation.
     """
     try:
-        existing = list(_records(session, application, name))
-        generation = max((_generation(obj) for obj in existing), default=0) + 1
-        session.create_object(
+        existing = _data_objects(session, application, name)
+        current = max((found.generation for found in existing), default=0)
+        if current != expected_generation:
+            raise conflict(f"{application}/{name}", expected_generation, current)
+        generation = current + 1
+        mine = session.create_object(
             {
                 Attribute.CLASS: ObjectClass.DATA,
                 Attribute.TOKEN: True,
@@ -218,42 +241,77 @@ def put_record(session: Session, application: str, name: str, value: bytes) -> N
                 Attribute.VALUE: generation.to_bytes(_GENERATION_BYTES, "big") + value,
             }
         )
-        for obj in existing:
-            obj.destroy()
+        rivals = [
+            found
+            for found in _data_objects(session, application, name)
+            if found.generation >= generation and found.obj.handle != mine.handle
+        ]
+        if rivals:
+            mine.destroy()
+            raise conflict(f"{application}/{name}", expected_generation, generation)
+        for found in existing:
+            _destroy(found.obj)
+        return generation
     except PKCS11Error as exc:
         raise wrap_error(exc, f"writing record {application}/{name}") from None
 
 
-def records(session: Session, application: str) -> dict[str, bytes]:
-    """All data objects of an application, by name (the newest generation of each)."""
+def records(session: Session, application: str) -> dict[str, tuple[int, bytes]]:
+    """All data objects of an application: name -> (generation, value) of the newest."""
     newest: dict[str, tuple[int, bytes]] = {}
     try:
-        for obj in _records(session, application, None):
-            blob = bytes(obj[Attribute.VALUE])
-            name = str(obj[Attribute.LABEL])
-            generation = int.from_bytes(blob[:_GENERATION_BYTES], "big")
-            if name not in newest or generation > newest[name][0]:
-                newest[name] = (generation, blob[_GENERATION_BYTES:])
+        for found in _data_objects(session, application, None):
+            candidate = (found.generation, found.value)
+            if found.name not in newest or candidate > newest[found.name]:
+                newest[found.name] = candidate
     except PKCS11Error as exc:
         raise wrap_error(exc, f"reading records {application}") from None
-    return {name: value for name, (_, value) in newest.items()}
+    return newest
 
 
-def delete_record(session: Session, application: str, name: str) -> None:
-    """Remove the data object ``(application, name)`` if it exists."""
-    for obj in list(_records(session, application, name)):
-        obj.destroy()
+def delete_record(session: Session, application: str, name: str, expected_generation: int) -> None:
+    """Remove the data object ``(application, name)`` if it is at the expected generation."""
+    try:
+        existing = _data_objects(session, application, name)
+        current = max((found.generation for found in existing), default=0)
+        if current != expected_generation or not existing:
+            raise conflict(f"{application}/{name}", expected_generation, current)
+        for found in existing:
+            _destroy(found.obj)
+    except PKCS11Error as exc:
+        raise wrap_error(exc, f"deleting record {application}/{name}") from None
 
 
-def _generation(obj: Object) -> int:
-    return int.from_bytes(bytes(obj[Attribute.VALUE])[:_GENERATION_BYTES], "big")
+@dataclass(frozen=True)
+class _DataObject:
+    obj: Object
+    name: str
+    generation: int
+    value: bytes
 
 
-def _records(session: Session, application: str, name: str | None) -> Iterator[Object]:
+def _data_objects(session: Session, application: str, name: str | None) -> list[_DataObject]:
+    """The data objects of an application (and name), skipping any another session destroys
+    while they are read."""
     template: dict[Attribute, Any] = {
         Attribute.CLASS: ObjectClass.DATA,
         Attribute.APPLICATION: application,
     }
     if name is not None:
         template[Attribute.LABEL] = name
-    return session.get_objects(template)
+    found = []
+    for obj in list(session.get_objects(template)):
+        try:
+            blob = bytes(obj[Attribute.VALUE])
+            label = str(obj[Attribute.LABEL])
+        except ObjectHandleInvalid:
+            continue
+        generation = int.from_bytes(blob[:_GENERATION_BYTES], "big")
+        found.append(_DataObject(obj, label, generation, blob[_GENERATION_BYTES:]))
+    return found
+
+
+def _destroy(obj: Object) -> None:
+    """Destroy an object that another session may have destroyed already."""
+    with contextlib.suppress(ObjectHandleInvalid):
+        obj.destroy()

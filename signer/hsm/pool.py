@@ -1,9 +1,12 @@
 """The front end's handle on the signing worker processes.
 
 Workers are started with the ``spawn`` method before the gRPC server exists (gRPC and ``fork``
-do not mix). A batch is cut into chunks spread over the least-loaded workers and reassembled
-in order. A worker that dies is replaced; its chunks are retried once on another worker, and
-fail with :class:`HsmUnavailable` when that is not possible.
+do not mix). A job is a call of a :class:`~signer.hsm.session.TokenSession` method, bound to its
+arguments with :func:`functools.partial`, so mypy sees its argument and result types; the pool
+only moves jobs and answers and knows no operation by name. A worker that dies is replaced; a
+job that may be retried is dispatched once more to another worker, and fails with
+:class:`HsmUnavailable` when that is not possible. The typed face of the pool is
+:class:`signer.hsm.pooled.PooledToken`.
 """
 
 from __future__ import annotations
@@ -13,35 +16,42 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from signer.config import HsmSettings
 from signer.errors import HsmError, HsmUnavailable, SignerError
-from signer.hsm.mechanisms import SignatureEncoding
+from signer.hsm.session import TokenSession, call_name
 from signer.hsm.worker import READY, worker_main
 
 log = logging.getLogger(__name__)
 
-# Below this many digests a batch is not split: the IPC round trip would cost more than it saves.
-MIN_CHUNK = 128
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+T = TypeVar("T")
+Call = Callable[[TokenSession], T]
+"""A job: a function the worker applies to its :class:`TokenSession`."""
+
+
 @dataclass
 class _Job:
-    name: str
-    kwargs: dict[str, Any]
+    call: Callable[[TokenSession], Any]
     future: Future[Any] = field(default_factory=Future)
     weight: int = 1
     retries_left: int = 1
     worker: _Worker | None = None
+    deadline: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return call_name(self.call)
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         """Resolve the job once; a late or duplicate answer is dropped."""
@@ -121,54 +131,45 @@ class WorkerPool:
                     worker.process.kill()
                 worker.conn.close()
 
-    def sign(
-        self, key_id: str, digests: Sequence[bytes], encoding: SignatureEncoding
-    ) -> list[bytes]:
-        """Sign digests with a key; signatures come back in the order of the digests."""
-        if not digests:
-            return []
-        parts = max(1, min(self.workers_up, len(digests) // MIN_CHUNK))
-        size = -(-len(digests) // parts)
-        jobs = [
-            self._submit(
-                "sign",
-                {"key_id": key_id, "digests": list(chunk), "encoding": encoding.value},
-                weight=len(chunk),
-            )
-            for chunk in (digests[i : i + size] for i in range(0, len(digests), size))
-        ]
-        deadline = time.monotonic() + self._settings.timeout_seconds
-        signatures: list[bytes] = []
-        for job in jobs:
-            signatures.extend(self._wait(job, deadline))
-        return signatures
+    def run(self, call: Call[T]) -> T:
+        """Run one job on the least-loaded worker and return its result (not retried)."""
+        result: T = self.wait(self.submit(call, weight=1, retries=0))
+        return result
 
-    def call(self, operation: str, /, **kwargs: Any) -> Any:
-        """Run one HSM operation (key management, records) on some worker."""
-        return self._wait(self._submit(operation, kwargs, weight=1, retries=0))
+    def submit(self, call: Call[Any], weight: int, retries: int = 1) -> _Job:
+        """Send a job to the least-loaded worker; ``weight`` counts toward that worker's load."""
+        job = _Job(call, weight=weight, retries_left=retries)
+        self._dispatch(job)
+        return job
 
-    def broadcast(self, operation: str, /, **kwargs: Any) -> None:
-        """Run an operation on every live worker (e.g. forget a destroyed key)."""
+    def wait(self, job: _Job) -> Any:
+        """The result of a submitted job; a worker that sits on it past the timeout is killed."""
+        return self._wait(job)
+
+    def broadcast(self, call: Call[Any]) -> None:
+        """Run a job on every live worker (e.g. forget a destroyed key)."""
         jobs = []
         for worker in list(self._workers):
             if worker is not None and worker.alive:
-                job = _Job(operation, kwargs, retries_left=0)
+                job = _Job(call, retries_left=0)
                 if self._send(worker, job):
                     jobs.append(job)
         for job in jobs:
             self._wait(job)
 
-    def _wait(self, job: _Job, deadline: float | None = None) -> Any:
-        if deadline is None:
-            deadline = time.monotonic() + self._settings.timeout_seconds
-        try:
-            return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            self._recycle(job)
-            raise HsmUnavailable(
-                f"the HSM did not answer {job.name} within {self._settings.timeout_seconds:g} s;"
-                " check the HSM"
-            ) from None
+    def _wait(self, job: _Job) -> Any:
+        """Wait for a job until its deadline, which restarts whenever it moves to a new worker."""
+        while True:
+            try:
+                return job.future.result(timeout=max(0.0, job.deadline - time.monotonic()))
+            except FutureTimeout:
+                if job.deadline > time.monotonic():
+                    continue  # retried on another worker meanwhile, with a fresh deadline
+                self._recycle(job)
+                raise HsmUnavailable(
+                    f"the HSM did not answer {job.name} within"
+                    f" {self._settings.timeout_seconds:g} s; check the HSM"
+                ) from None
 
     def _recycle(self, job: _Job) -> None:
         """Kill the worker that sat on a job past the timeout; the restart path replaces it."""
@@ -178,11 +179,6 @@ class WorkerPool:
                 "HSM worker %d (pid %d) hung on %s; killing it", worker.index, worker.pid, job.name
             )
             worker.process.kill()
-
-    def _submit(self, name: str, kwargs: dict[str, Any], weight: int, retries: int = 1) -> _Job:
-        job = _Job(name, kwargs, weight=weight, retries_left=retries)
-        self._dispatch(job)
-        return job
 
     def _dispatch(self, job: _Job, exclude: int | None = None) -> None:
         while True:
@@ -211,9 +207,10 @@ class WorkerPool:
             worker.pending[job_id] = job
             worker.load += job.weight
             job.worker = worker
+            job.deadline = time.monotonic() + self._settings.timeout_seconds
         try:
             with worker.send_lock:
-                worker.conn.send((job_id, job.name, job.kwargs))
+                worker.conn.send((job_id, job.call))
             return True
         except (OSError, ValueError):
             with self._lock:

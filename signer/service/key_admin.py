@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import grpc
 
 from signer.errors import AuditError, InvalidRequest
+from signer.keys.ceremony import ChangeOutcome, KeyCeremonies
 from signer.keys.dual_control import PendingChange
-from signer.keys.registry import ChangeOutcome, KeyRegistry, KeyView
+from signer.keys.snapshot import KeyView
 from signer.service.auth import Roles, certificate_identities, role_identity
 from signer.service.metrics import Metrics
 from signer.service.rpc import instrumented
@@ -80,13 +81,13 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
 
     def __init__(
         self,
-        registry: KeyRegistry,
+        ceremonies: KeyCeremonies,
         metrics: Metrics,
         on_change: Callable[[], None],
         roles: Roles,
         audit_healthy: Callable[[], bool],
     ) -> None:
-        self._registry = registry
+        self._ceremonies = ceremonies
         self._metrics = metrics
         self._on_change = on_change
         self._roles = roles
@@ -106,7 +107,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.GenerateKeyResponse:
         """Generate a key in the HSM and return its CSR."""
         officer = self._officer(context, request.officer)
-        view, csr = self._registry.generate(request.profile, request.label, officer)
+        view, csr = self._ceremonies.generate(request.profile, request.label, officer)
         return key_admin_pb2.GenerateKeyResponse(key=key_info(view), csr_der=csr)
 
     @instrumented("GetCsr")
@@ -114,7 +115,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self, request: key_admin_pb2.GetCsrRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GetCsrResponse:
         """The CSR of a key, again."""
-        return key_admin_pb2.GetCsrResponse(csr_der=self._registry.csr(request.key_id))
+        return key_admin_pb2.GetCsrResponse(csr_der=self._ceremonies.csr(request.key_id))
 
     @instrumented("ImportCertificate")
     def ImportCertificate(
@@ -122,7 +123,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.KeyInfo:
         """Check and store the DSC the CSCA issued for a key."""
         officer = self._officer(context, request.officer)
-        view = self._registry.import_certificate(request.key_id, request.certificate, officer)
+        view = self._ceremonies.import_certificate(request.key_id, request.certificate, officer)
         return key_info(view)
 
     @instrumented("Activate")
@@ -132,7 +133,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         """Request (or, with one approval required, perform) a scheduled activation."""
         officer = self._officer(context, request.officer)
         at = request.activate_at.ToDatetime(tzinfo=UTC) if request.HasField("activate_at") else None
-        outcome = self._registry.request_change(
+        outcome = self._ceremonies.request_change(
             "activate", request.key_id, officer, {"activate_at": at}
         )
         self._on_change()
@@ -144,7 +145,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.ChangeResponse:
         """Request retirement of a key."""
         officer = self._officer(context, request.officer)
-        outcome = self._registry.request_change(
+        outcome = self._ceremonies.request_change(
             "retire", request.key_id, officer, {"reason": request.reason}
         )
         self._on_change()
@@ -156,7 +157,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.ChangeResponse:
         """Request destruction of a retired key's private key."""
         officer = self._officer(context, request.officer)
-        outcome = self._registry.request_change(
+        outcome = self._ceremonies.request_change(
             "destroy", request.key_id, officer, {"force": request.force, "reason": request.reason}
         )
         self._on_change()
@@ -168,7 +169,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.ChangeResponse:
         """Approve another officer's pending change."""
         officer = self._officer(context, request.officer)
-        outcome = self._registry.approve(request.change_id, officer)
+        outcome = self._ceremonies.approve(request.change_id, officer)
         self._on_change()
         return _outcome(outcome)
 
@@ -181,7 +182,7 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         return key_admin_pb2.ListKeysResponse(
             keys=[
                 key_info(v, signed.get((v.record.kid or b"").hex(), 0))
-                for v in self._registry.list_keys(request.profile)
+                for v in self._ceremonies.registry.list_keys(request.profile)
             ]
         )
 
@@ -205,5 +206,5 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     ) -> key_admin_pb2.ListChangesResponse:
         """Changes waiting for a second officer."""
         return key_admin_pb2.ListChangesResponse(
-            changes=[change_info(c) for c in self._registry.pending_changes()]
+            changes=[change_info(c) for c in self._ceremonies.pending_changes()]
         )

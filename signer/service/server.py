@@ -19,6 +19,8 @@ from signer.audit.log import AuditLog
 from signer.config import Settings, TlsSettings, check_private_file
 from signer.errors import ConfigError, SignerError
 from signer.hsm.pool import WorkerPool
+from signer.hsm.pooled import PooledToken
+from signer.keys.ceremony import KeyCeremonies, make_ceremonies
 from signer.keys.lifecycle import KeyRecord
 from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_signing
 from signer.keys.registry import KeyRegistry, make_registry
@@ -30,6 +32,7 @@ from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
 from signer.service.signing import SigningService
 from signer.service.trail import AuditTrail, open_audit_log
+from signer.store.select import open_store
 from signer.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -82,7 +85,9 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self.pool = WorkerPool(settings.hsm)
+        self.token = PooledToken(self.pool)
         self.registry: KeyRegistry | None = None
+        self.ceremonies: KeyCeremonies | None = None
         self.trail: AuditTrail | None = None
         self.health: HealthMonitor | None = None
         self.server: grpc.Server | None = None
@@ -103,8 +108,12 @@ class Daemon:
         self.trail = AuditTrail(
             self._open_audit(), self.metrics, s.audit.store_signatures, self._health_now
         )
-        self.registry = make_registry(self.pool, s, self._lifecycle_event)
+        store = open_store(s, self.token)
+        self.registry = make_registry(self.token, store, s)
         self.registry.refresh()
+        self.ceremonies = make_ceremonies(
+            self.registry, self.token, store, s, self._lifecycle_event
+        )
         self.trail.record_event(
             "daemon_start", {"listen": s.server.listen, "workers": self.pool.size}
         )
@@ -126,7 +135,8 @@ class Daemon:
 
     def _grpc_server(self, credentials: grpc.ServerCredentials | None) -> grpc.Server:
         s = self.settings
-        assert self.registry is not None and self.trail is not None and self.health is not None
+        assert self.ceremonies is not None and self.registry is not None
+        assert self.trail is not None and self.health is not None
         limit = s.server.max_message_bytes
         roles = Roles.from_settings(s.roles)
         interceptor = AuthInterceptor(
@@ -145,7 +155,7 @@ class Daemon:
         quotas = Quotas(s.quota, on_reject=lambda r: self.metrics.quota_rejections.labels(r).inc())
         signing_pb2_grpc.add_SigningServicer_to_server(
             SigningService(
-                self.pool, self.registry, self.trail, self.metrics, quotas, s.server.max_batch
+                self.token, self.registry, self.trail, self.metrics, quotas, s.server.max_batch
             ),
             server,
         )
@@ -158,7 +168,7 @@ class Daemon:
         if self._admin_served():
             key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
                 KeyAdminService(
-                    self.registry,
+                    self.ceremonies,
                     self.metrics,
                     self._health_now,
                     roles,
@@ -189,7 +199,7 @@ class Daemon:
         if not self.settings.audit.enabled:
             log.warning("audit log DISABLED by configuration: signatures are not recorded")
             return None
-        return open_audit_log(self.pool, self.settings, lambda healthy: self._health_now())
+        return open_audit_log(self.token, self.settings, lambda healthy: self._health_now())
 
     def _lifecycle_event(self, name: str, details: Mapping[str, Any]) -> None:
         assert self.trail is not None
@@ -212,7 +222,7 @@ class Daemon:
     def _health_facts(self) -> HealthFacts:
         assert self.registry is not None and self.trail is not None
         try:
-            self.pool.call("ping")
+            self.token.ping()
             self._hsm_ok = True
         except SignerError:
             self._hsm_ok = False

@@ -11,8 +11,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from signer.errors import AuditError, HsmError, InvalidRequest
-from signer.hsm.pool import WorkerPool
-from signer.keys.registry import KeyRegistry, KeyView
+from signer.hsm.api import Token
+from signer.keys.registry import KeyRegistry
+from signer.keys.snapshot import KeyView
 from signer.service.auth import caller_identity
 from signer.service.metrics import Metrics
 from signer.service.quota import Quotas
@@ -57,14 +58,14 @@ class SigningService(signing_pb2_grpc.SigningServicer):
 
     def __init__(
         self,
-        pool: WorkerPool,
+        token: Token,
         registry: KeyRegistry,
         audit: SignatureAudit,
         metrics: Metrics,
         quotas: Quotas,
         max_batch: int,
     ) -> None:
-        self._pool = pool
+        self._token = token
         self._registry = registry
         self._audit = audit
         self._metrics = metrics
@@ -109,7 +110,7 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         with self._quotas.admit(identity, len(digests)):
             started = time.perf_counter()
             try:
-                signatures = self._pool.sign(record.key_id, digests, encoding)
+                signatures = self._token.sign(record.key_id, digests, encoding)
             except HsmError as error:
                 self._metrics.hsm_errors.labels(type(error).__name__).inc()
                 raise

@@ -16,6 +16,7 @@ from signer.errors import (
     PolicyError,
     QuotaExceeded,
     SignerError,
+    StoreConflict,
     Unauthenticated,
     UnknownProfile,
 )
@@ -29,6 +30,7 @@ _CODES: tuple[tuple[type[SignerError], grpc.StatusCode], ...] = (
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreConflict, grpc.StatusCode.ABORTED),
     (HsmUnavailable, grpc.StatusCode.UNAVAILABLE),
     (AuditError, grpc.StatusCode.UNAVAILABLE),
     (HsmError, grpc.StatusCode.INTERNAL),

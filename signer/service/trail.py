@@ -12,8 +12,7 @@ from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.config import Settings
 from signer.errors import AuditError
-from signer.hsm.mechanisms import SignatureEncoding
-from signer.hsm.pool import WorkerPool
+from signer.hsm.api import Token, digest_signer
 from signer.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -86,22 +85,20 @@ class AuditTrail:
         return result.seq
 
 
-def audit_log_public_key(pool: WorkerPool, settings: Settings) -> bytes:
+def audit_log_public_key(token: Token, settings: Settings) -> bytes:
     """SubjectPublicKeyInfo (DER) of the audit key in the HSM."""
-    key_id = pool.call("key_id_by_label", label=settings.hsm.audit_key_label)
-    spki: bytes = pool.call("public_key", key_id=key_id)
-    return spki
+    return token.public_key(token.key_id_by_label(settings.hsm.audit_key_label))
 
 
 def open_audit_log(
-    pool: WorkerPool, settings: Settings, on_health_change: Callable[[bool], None] | None = None
+    token: Token, settings: Settings, on_health_change: Callable[[bool], None] | None = None
 ) -> AuditLog:
     """Open (and repair) the audit log, with checkpoints signed by the HSM's audit key."""
-    key_id = pool.call("key_id_by_label", label=settings.hsm.audit_key_label)
+    key_id = token.key_id_by_label(settings.hsm.audit_key_label)
     signer = CheckpointSigner(
         origin=settings.audit.origin,
-        sign=lambda digest: pool.sign(key_id, [digest], SignatureEncoding.RAW)[0],
-        spki_der=pool.call("public_key", key_id=key_id),
+        sign=digest_signer(token, key_id),
+        spki_der=token.public_key(key_id),
     )
     settings.audit.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return AuditLog(
