@@ -12,7 +12,6 @@ from signer.keys.dual_control import PendingChange
 from signer.keys.registry import ChangeOutcome, KeyRegistry, KeyView
 from signer.service.auth import Roles, certificate_identities, role_identity
 from signer.service.metrics import Metrics
-from signer.service.rpc import instrumented
 from signer.service.signing import timestamp
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
@@ -100,7 +99,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             )
         return officer_identity(context, claimed, self._roles)
 
-    @instrumented("GenerateKey")
     def GenerateKey(
         self, request: key_admin_pb2.GenerateKeyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GenerateKeyResponse:
@@ -109,14 +107,12 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         view, csr = self._registry.generate(request.profile, request.label, officer)
         return key_admin_pb2.GenerateKeyResponse(key=key_info(view), csr_der=csr)
 
-    @instrumented("GetCsr")
     def GetCsr(
         self, request: key_admin_pb2.GetCsrRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GetCsrResponse:
         """The CSR of a key, again."""
         return key_admin_pb2.GetCsrResponse(csr_der=self._registry.csr(request.key_id))
 
-    @instrumented("ImportCertificate")
     def ImportCertificate(
         self, request: key_admin_pb2.ImportCertificateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.KeyInfo:
@@ -125,7 +121,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         view = self._registry.import_certificate(request.key_id, request.certificate, officer)
         return key_info(view)
 
-    @instrumented("Activate")
     def Activate(
         self, request: key_admin_pb2.ActivateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -138,7 +133,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Retire")
     def Retire(
         self, request: key_admin_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -150,7 +144,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Destroy")
     def Destroy(
         self, request: key_admin_pb2.DestroyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -162,7 +155,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Approve")
     def Approve(
         self, request: key_admin_pb2.ApproveRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -172,7 +164,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("ListKeys")
     def ListKeys(
         self, request: key_admin_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListKeysResponse:
@@ -199,7 +190,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                     totals[kid] = totals.get(kid, 0) + int(sample.value)
         return totals
 
-    @instrumented("ListChanges")
     def ListChanges(
         self, request: key_admin_pb2.ListChangesRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListChangesResponse:
