@@ -12,7 +12,6 @@ from signer.audit.query import find_by_digest, latest_checkpoint
 from signer.audit.verify import FaultKind, verify_log
 from signer.errors import AuditError, InvalidRequest
 from signer.service.metrics import Metrics
-from signer.service.rpc import instrumented
 from signer.service.trail import AuditTrail
 from signer.v1 import audit_pb2, audit_pb2_grpc
 
@@ -33,7 +32,6 @@ class AuditService(audit_pb2_grpc.AuditServicer):
         assert self._trail.log is not None
         return self._trail.log.public_key_spki
 
-    @instrumented("VerifyLog")
     def VerifyLog(
         self, request: audit_pb2.VerifyLogRequest, context: grpc.ServicerContext
     ) -> audit_pb2.VerifyLogResponse:
@@ -67,7 +65,6 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             message=message,
         )
 
-    @instrumented("FindByDigest")
     def FindByDigest(
         self, request: audit_pb2.FindByDigestRequest, context: grpc.ServicerContext
     ) -> audit_pb2.FindByDigestResponse:
@@ -92,7 +89,6 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             )
         return audit_pb2.FindByDigestResponse(matches=matches)
 
-    @instrumented("GetLatestCheckpoint")
     def GetLatestCheckpoint(
         self, request: audit_pb2.GetLatestCheckpointRequest, context: grpc.ServicerContext
     ) -> audit_pb2.Checkpoint:

@@ -13,7 +13,6 @@ from signer.keys.dual_control import PendingChange
 from signer.keys.snapshot import KeyView
 from signer.service.auth import Roles, certificate_identities, role_identity
 from signer.service.metrics import Metrics
-from signer.service.rpc import instrumented
 from signer.service.signing import timestamp
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
@@ -101,7 +100,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
             )
         return officer_identity(context, claimed, self._roles)
 
-    @instrumented("GenerateKey")
     def GenerateKey(
         self, request: key_admin_pb2.GenerateKeyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GenerateKeyResponse:
@@ -110,14 +108,12 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         view, csr = self._ceremonies.generate(request.profile, request.label, officer)
         return key_admin_pb2.GenerateKeyResponse(key=key_info(view), csr_der=csr)
 
-    @instrumented("GetCsr")
     def GetCsr(
         self, request: key_admin_pb2.GetCsrRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.GetCsrResponse:
         """The CSR of a key, again."""
         return key_admin_pb2.GetCsrResponse(csr_der=self._ceremonies.csr(request.key_id))
 
-    @instrumented("ImportCertificate")
     def ImportCertificate(
         self, request: key_admin_pb2.ImportCertificateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.KeyInfo:
@@ -126,7 +122,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         view = self._ceremonies.import_certificate(request.key_id, request.certificate, officer)
         return key_info(view)
 
-    @instrumented("Activate")
     def Activate(
         self, request: key_admin_pb2.ActivateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -139,7 +134,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Retire")
     def Retire(
         self, request: key_admin_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -151,7 +145,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Destroy")
     def Destroy(
         self, request: key_admin_pb2.DestroyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -163,7 +156,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("Approve")
     def Approve(
         self, request: key_admin_pb2.ApproveRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
@@ -173,7 +165,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         self._on_change()
         return _outcome(outcome)
 
-    @instrumented("ListKeys")
     def ListKeys(
         self, request: key_admin_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListKeysResponse:
@@ -200,7 +191,6 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
                     totals[kid] = totals.get(kid, 0) + int(sample.value)
         return totals
 
-    @instrumented("ListChanges")
     def ListChanges(
         self, request: key_admin_pb2.ListChangesRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListChangesResponse:

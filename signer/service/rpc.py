@@ -1,107 +1,97 @@
-"""One wrapper for every RPC: identity, errors -> status codes, metrics and the request log line."""
+"""What an RPC's outcome looks like to the caller and to the operator, with no gRPC plumbing.
+
+A refusal is the status code, message and trailing metadata a :class:`SignerError` ends a call
+with; a :class:`CallRecord` is what one call adds to the metrics and the access log. The sync
+server interceptor (:mod:`signer.service.interceptor`) applies these, and so can any other
+server flavour.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
 import grpc
 
 from signer.errors import KidNotAccepted, QuotaExceeded, SignerError
 from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
-from signer.service.auth import caller_identity
 from signer.service.metrics import Metrics
 from signer.service.status import status_code
 
-log = logging.getLogger("signer.rpc")
 access = logging.getLogger("signer.access")
 
+INTERNAL_MESSAGE = "internal error in the signer; the operator can find it in the log"
+"""What a caller learns about an unexpected exception; the traceback goes to the daemon log."""
 
-_R = TypeVar("_R")
-Handler = Callable[[Any, Any, grpc.ServicerContext], _R]
+REQUEST_ID_LIMIT = 128
+
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
-def abort(context: grpc.ServicerContext, error: SignerError) -> None:
-    """End the call with the status code and message that belong to ``error``."""
+@dataclass(frozen=True)
+class Refusal:
+    """The status a call ends with instead of an answer."""
+
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: Metadata = ()
+
+
+INTERNAL = Refusal(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def refusal(error: SignerError) -> Refusal:
+    """The status code, message and trailing metadata that belong to ``error``."""
     trailing: list[tuple[str, str | bytes]] = []
     if isinstance(error, KidNotAccepted) and error.current_kid:
         trailing.append((CURRENT_KID_METADATA, error.current_kid))
     if isinstance(error, QuotaExceeded):
         trailing.append((RETRY_AFTER_METADATA, f"{error.retry_after:.3f}"))
-    if trailing:
-        context.set_trailing_metadata(tuple(trailing))
-    context.abort(status_code(error), str(error))
+    return Refusal(status_code(error), str(error), tuple(trailing))
 
 
-def run_rpc(
-    metrics: Metrics,
-    method: str,
-    context: grpc.ServicerContext,
-    call: Callable[[], _R],
-    request_id: str = "",
-) -> _R:
-    """Run one RPC body: map SignerError to its status, count and time the call."""
-    started = time.perf_counter()
-    code = grpc.StatusCode.OK
-    try:
-        return call()
-    except SignerError as error:
-        code = status_code(error)
-        log.info("%s refused for %s: %s", method, caller_identity(context), error)
-        abort(context, error)
-        raise  # not reached: abort raises
-    except Exception as error:
-        if _is_abort(error):
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        code = grpc.StatusCode.INTERNAL
-        log.exception("%s failed", method)
-        context.abort(code, "internal error in the signer; the operator can find it in the log")
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(method, code.name).inc()
-        metrics.request_seconds.labels(method).observe(elapsed)
-        fields = {
-            "method": method,
-            "identity": caller_identity(context),
-            "code": code.name,
-            "duration_ms": round(elapsed * 1000, 3),
-            "request_id": request_id[:128],
+def method_name(full_method: str) -> str:
+    """``/signer.v1.Signing/SignBatch`` -> ``SignBatch``, the name metrics and logs use."""
+    return full_method.rpartition("/")[2]
+
+
+def request_id_of(message: object) -> str:
+    """The caller's ``request_id`` of a request message, empty where it has none."""
+    return str(getattr(message, "request_id", ""))[:REQUEST_ID_LIMIT]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One accounted call: what the metrics count and the access log line says."""
+
+    method: str
+    identity: str
+    code: grpc.StatusCode
+    seconds: float
+    request_id: str
+
+    def fields(self) -> dict[str, object]:
+        """The access log fields (the JSON formatter writes them as keys of the line)."""
+        return {
+            "method": self.method,
+            "identity": self.identity,
+            "code": self.code.name,
+            "duration_ms": round(self.seconds * 1000, 3),
+            "request_id": self.request_id[:REQUEST_ID_LIMIT],
         }
-        access.info(
-            "rpc %s %s %s %.2f ms %s",
-            fields["method"],
-            fields["identity"],
-            fields["code"],
-            elapsed * 1000,
-            fields["request_id"],
-            extra={"rpc": fields},
-        )
 
 
-def _is_abort(error: Exception) -> bool:
-    """True for the exception grpc raises inside ``context.abort`` (an RPC already ended)."""
-    return type(error).__name__ == "_AbortError" or isinstance(error, grpc.RpcError)
-
-
-def instrumented(method: str) -> Callable[[Handler[_R]], Handler[_R]]:
-    """Decorate a unary servicer method of a class that has a ``_metrics`` attribute."""
-
-    def decorate(func: Handler[_R]) -> Handler[_R]:
-        @functools.wraps(func)
-        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> _R:
-            return run_rpc(
-                self._metrics,
-                method,
-                context,
-                lambda: func(self, request, context),
-                str(getattr(request, "request_id", "")),
-            )
-
-        return wrapper
-
-    return decorate
+def account(metrics: Metrics, call: CallRecord) -> None:
+    """Count and time the call and write its access log line."""
+    metrics.requests.labels(call.method, call.code.name).inc()
+    metrics.request_seconds.labels(call.method).observe(call.seconds)
+    fields = call.fields()
+    access.info(
+        "rpc %s %s %s %.2f ms %s",
+        call.method,
+        call.identity,
+        call.code.name,
+        call.seconds * 1000,
+        fields["request_id"],
+        extra={"rpc": fields},
+    )

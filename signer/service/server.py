@@ -27,6 +27,7 @@ from signer.keys.registry import KeyRegistry, make_registry
 from signer.service.audit_service import AuditService
 from signer.service.auth import AuthInterceptor, Roles
 from signer.service.health import SERVICES, HealthFacts, HealthMonitor
+from signer.service.interceptor import RpcInterceptor
 from signer.service.key_admin import KeyAdminService
 from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
@@ -144,7 +145,7 @@ class Daemon:
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.server.threads, thread_name_prefix="rpc"),
-            interceptors=[interceptor],
+            interceptors=[interceptor, RpcInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from functools import partial
 from typing import Protocol
 
 import grpc
@@ -17,7 +16,6 @@ from signer.keys.snapshot import KeyView
 from signer.service.auth import caller_identity
 from signer.service.metrics import Metrics
 from signer.service.quota import Quotas
-from signer.service.rpc import instrumented, run_rpc
 from signer.service.validation import check_digests, check_request_id, encoding_for
 from signer.v1 import signing_pb2, signing_pb2_grpc
 
@@ -72,7 +70,6 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         self._quotas = quotas
         self._max_batch = max_batch
 
-    @instrumented("GetSigningKey")
     def GetSigningKey(
         self, request: signing_pb2.GetSigningKeyRequest, context: grpc.ServicerContext
     ) -> signing_pb2.SigningKey:
@@ -80,7 +77,6 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         view = self._registry.signing_key(request.profile)
         return signing_key_message(view)
 
-    @instrumented("SignBatch")
     def SignBatch(
         self, request: signing_pb2.SignBatchRequest, context: grpc.ServicerContext
     ) -> signing_pb2.SignBatchResponse:
@@ -139,15 +135,8 @@ class SigningService(signing_pb2_grpc.SigningServicer):
     ) -> Iterator[signing_pb2.SignBatchResponse]:
         """Answer each batch of the stream in order; a refusal ends the stream with its status."""
         for request in request_iterator:
-            yield run_rpc(
-                self._metrics,
-                "SignStream",
-                context,
-                partial(self._sign, request, context),
-                request.request_id,
-            )
+            yield self._sign(request, context)
 
-    @instrumented("GetTrustList")
     def GetTrustList(
         self, request: signing_pb2.GetTrustListRequest, context: grpc.ServicerContext
     ) -> signing_pb2.TrustList:
