@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
 
 from signer.dcc.errors import DccError
+from signer.dcc.hc1 import hc1_lines
 from signer.dcc.issue import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PROFILE,
@@ -112,7 +113,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _hc1_inputs(values: Sequence[str], stdin: TextIO) -> Iterator[str]:
     for value in values:
         if value == "-":
-            yield from (line.strip() for line in stdin if line.strip())
+            yield from hc1_lines(stdin)
         else:
             yield value
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
+from signer.dcc.cbor_bounds import decode_cbor
 from signer.dcc.errors import DccEncodingError
 
 HEADER_ALG = 1
@@ -21,6 +22,7 @@ ALG_PS256 = -37
 TAG_SIGN1 = 18
 TAG_CWT = 61
 ES256_SIGNATURE_BYTES = 64
+_OUTER_TAGS = frozenset({TAG_CWT, TAG_SIGN1})
 
 _T = TypeVar("_T")
 
@@ -86,11 +88,11 @@ def _header(message: Sign1, label: int, kind: type[_T]) -> _T | None:
 
 
 def parse_sign1(data: bytes) -> Sign1:
-    """Parse a COSE_Sign1 that is tagged 18, wrapped in CWT tag 61, or untagged."""
-    try:
-        obj = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
-        raise DccEncodingError(f"not valid CBOR: {exc}") from None
+    """Parse a COSE_Sign1 that is tagged 18, wrapped in CWT tag 61, or untagged.
+
+    Bounded by :func:`signer.dcc.cbor_bounds.check_cbor`: no tags but 61 and 18 outside.
+    """
+    obj = decode_cbor(data, "COSE_Sign1", _OUTER_TAGS)
     if isinstance(obj, cbor2.CBORTag) and obj.tag == TAG_CWT:
         obj = obj.value
     if isinstance(obj, cbor2.CBORTag):
@@ -109,10 +111,7 @@ def parse_sign1(data: bytes) -> Sign1:
         raise DccEncodingError("COSE_Sign1 payload is not a byte string (detached?)")
     if not isinstance(signature, bytes):
         raise DccEncodingError("COSE_Sign1 signature is not a byte string")
-    try:
-        protected_map = cbor2.loads(protected) if protected else {}
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
-        raise DccEncodingError(f"protected header is not valid CBOR: {exc}") from None
+    protected_map = decode_cbor(protected, "protected header") if protected else {}
     if not isinstance(protected_map, dict):
         raise DccEncodingError("protected header is not a CBOR map")
     return Sign1(protected, protected_map, dict(unprotected), payload, signature)

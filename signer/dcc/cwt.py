@@ -8,6 +8,7 @@ from typing import Any
 
 import cbor2
 
+from signer.dcc.cbor_bounds import decode_cbor
 from signer.dcc.errors import DccEncodingError, DccError
 
 CLAIM_ISS = 1
@@ -76,11 +77,8 @@ def encode_claims(hcert: Mapping[str, Any], *, issuer: str, iat: int, exp: int) 
 
 
 def decode_claims(payload: bytes) -> Claims:
-    """Decode a CWT claims set; float times are floored to whole seconds."""
-    try:
-        claims = cbor2.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
-        raise DccEncodingError(f"CWT payload is not valid CBOR: {exc}") from None
+    """Decode a CWT claims set (bounded, without tags); float times are floored to whole seconds."""
+    claims = decode_cbor(payload, "CWT payload")
     if not isinstance(claims, dict):
         raise DccEncodingError("CWT payload is not a CBOR map")
     issuer = claims.get(CLAIM_ISS)

@@ -42,6 +42,7 @@ from typing import Any
 
 from signer.dcc.dsc import DscInfo, VerifyingKey, parse_dsc
 from signer.dcc.errors import DccError, DccTrustError
+from signer.dcc.limits import MAX_TRUST_FILE_BYTES
 
 FORMAT_NAME = "signer-trust-list"
 FORMAT_VERSION = 1
@@ -91,11 +92,16 @@ class TrustStore:
 
     @classmethod
     def load(cls, path: Path) -> "TrustStore":
-        """Load a DSC file (PEM/DER) or a trust-list JSON file, recognised by its content."""
-        data = path.read_bytes()
+        """Load a DSC file (PEM/DER) or a trust-list JSON file, recognised by its content.
+
+        Files over :data:`~signer.dcc.limits.MAX_TRUST_FILE_BYTES` are refused unparsed.
+        """
+        data = _read_capped(path)
         if data.lstrip()[:1] in (b"{", b"["):
             try:
                 document = json.loads(data)
+            except RecursionError:
+                raise DccTrustError(f"{path}: JSON nested too deeply for a trust list") from None
             except ValueError as exc:
                 raise DccTrustError(f"{path}: not valid JSON: {exc}") from None
             return cls.from_trust_list(document)
@@ -163,6 +169,17 @@ def write_trust_list(entries: Iterable[Mapping[str, Any]], path: Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _read_capped(path: Path) -> bytes:
+    with path.open("rb") as file:
+        data = file.read(MAX_TRUST_FILE_BYTES + 1)
+    if len(data) > MAX_TRUST_FILE_BYTES:
+        raise DccTrustError(
+            f"{path}: larger than the limit of {MAX_TRUST_FILE_BYTES} bytes for a trust list "
+            "or DSC file; not read"
+        )
+    return data
 
 
 def _iso(value: dt.datetime | None) -> str | None:
