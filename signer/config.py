@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from signer.errors import ConfigError
 
@@ -24,6 +25,11 @@ KNOWN_PROFILES = ("vaccination", "test", "recovery")
 # the slack covers the other fields.
 _BYTES_PER_DIGEST_MESSAGE = 80
 _MESSAGE_SLACK = 64 * 1024
+_MIB = 1024 * 1024
+_DAY = timedelta(days=1)
+_MINUTE = timedelta(minutes=1)
+_SECOND = timedelta(seconds=1)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class AuditSettings:
 
     enabled: bool = True
     directory: Path = Path("audit")
-    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_bytes: int = 64 * _MIB
     checkpoint_every_records: int = 10_000
     checkpoint_every_seconds: float = 60.0
     store_signatures: bool = False
@@ -167,7 +173,7 @@ class Settings:
     roles: RoleSettings
     quota: QuotaSettings
     log: LogSettings
-    profiles: tuple[str, ...]
+    profiles: tuple[str, ...] = ("vaccination",)
     client: ClientSettings = field(default_factory=ClientSettings)
 
 
@@ -187,17 +193,18 @@ def load(path: str | os.PathLike[str]) -> Settings:
 def parse(raw: dict[str, Any], source: Path) -> Settings:
     """Validate an already-parsed TOML document; paths resolve against ``source``'s folder."""
     reader = _Reader(raw, source)
-    settings = Settings(
+    settings = _build(
+        Settings,
         source=source,
         server=_server(reader.table("server")),
         hsm=_hsm(reader.table("hsm")),
         keys=_keys(reader.table("keys")),
         audit=_audit(reader.table("audit")),
-        metrics=MetricsSettings(listen=reader.table("metrics").text("listen", "127.0.0.1:9102")),
+        metrics=_build(MetricsSettings, listen=reader.table("metrics").text("listen")),
         roles=_roles(reader.table("roles")),
         quota=_quota(reader.table("quota")),
         log=_log(reader.table("log")),
-        profiles=tuple(reader.str_list("profiles", ["vaccination"])),
+        profiles=_tuple(reader.str_list("profiles")),
         client=_client(reader.table("client")),
     )
     reader.reject_unknown()
@@ -276,7 +283,12 @@ def check_private_file(path: Path, what: str) -> None:
 
 
 class _Reader:
-    """Typed access to one TOML table that remembers which keys were used."""
+    """Typed access to one TOML table that remembers which keys were used.
+
+    Every accessor returns None for an absent key, and the settings are built with
+    :func:`_build`, so an absent key gets the default its dataclass declares: each default
+    is written once, on the dataclass.
+    """
 
     def __init__(self, data: dict[str, Any], source: Path, where: str = "") -> None:
         self._data = data
@@ -309,8 +321,8 @@ class _Reader:
         self._children.append(child)
         return child
 
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value: str | None = self._get(key, str, default)
+    def text(self, key: str) -> str | None:
+        value: str | None = self._get(key, str, None)
         return value
 
     def required_str(self, key: str) -> str:
@@ -319,39 +331,45 @@ class _Reader:
             raise self.error(key, "is required")
         return value
 
-    def flag(self, key: str, default: bool) -> bool:
-        value: bool = self._get(key, bool, default)
+    def flag(self, key: str) -> bool | None:
+        value: bool | None = self._get(key, bool, None)
         return value
 
-    def whole(self, key: str, default: int, minimum: int = 0) -> int:
-        value: int = self._get(key, int, default)
-        if value < minimum:
+    def whole(self, key: str, minimum: int = 0) -> int | None:
+        value: int | None = self._get(key, int, None)
+        if value is not None and value < minimum:
             raise self.error(key, f"must be >= {minimum}, got {value}")
         return value
 
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = float(self._get(key, (int, float), default))
+    def number(self, key: str, minimum: float = 0.0) -> float | None:
+        value = self._get(key, (int, float), None)
+        if value is None:
+            return None
         if value < minimum:
             raise self.error(key, f"must be >= {minimum}, got {value}")
-        return value
+        return float(value)
 
-    def str_list(self, key: str, default: list[str]) -> list[str]:
-        value: list[Any] = self._get(key, list, default)
+    def duration(self, key: str, unit: timedelta, minimum: float = 0.0) -> timedelta | None:
+        """A number of ``unit``s (the unit is in the key's name, e.g. ``_days``)."""
+        value = self.number(key, minimum)
+        return None if value is None else value * unit
+
+    def str_list(self, key: str) -> list[str] | None:
+        value: list[Any] | None = self._get(key, list, None)
+        if value is None:
+            return None
         if not all(isinstance(item, str) for item in value):
             raise self.error(key, "must be a list of strings")
         return [str(item) for item in value]
 
-    @property
-    def source_dir(self) -> Path:
-        """Folder of the configuration file (relative paths resolve against it)."""
-        return self._source.parent
+    def resolve(self, path: Path) -> Path:
+        """``path`` itself if absolute, else relative to the folder of the configuration file."""
+        candidate = path.expanduser()
+        return candidate if candidate.is_absolute() else (self._source.parent / candidate).resolve()
 
     def path(self, key: str) -> Path | None:
         value = self.text(key)
-        if value is None:
-            return None
-        candidate = Path(value).expanduser()
-        return candidate if candidate.is_absolute() else (self._source.parent / candidate).resolve()
+        return None if value is None else self.resolve(Path(value))
 
     def reject_unknown(self) -> None:
         unknown = sorted(set(self._data) - self._used)
@@ -363,19 +381,33 @@ class _Reader:
             child.reject_unknown()
 
 
+_T = TypeVar("_T")
+
+
+def _build(cls: Callable[..., _T], **values: object) -> _T:
+    """``cls(**values)`` without the None values, so that absent keys keep their defaults."""
+    return cls(**{name: value for name, value in values.items() if value is not None})
+
+
+def _tuple(items: list[str] | None) -> tuple[str, ...] | None:
+    return None if items is None else tuple(items)
+
+
 def _server(t: _Reader) -> ServerSettings:
     tls = t.table("tls")
-    return ServerSettings(
-        listen=t.text("listen", "127.0.0.1:50051") or "127.0.0.1:50051",
-        max_batch=t.whole("max_batch", DEFAULT_MAX_BATCH, minimum=1),
-        threads=t.whole("threads", 32, minimum=2),
-        tls=TlsSettings(
+    return _build(
+        ServerSettings,
+        listen=t.text("listen") or None,
+        max_batch=t.whole("max_batch", minimum=1),
+        threads=t.whole("threads", minimum=2),
+        tls=_build(
+            TlsSettings,
             cert=tls.path("cert"),
             key=tls.path("key"),
             client_ca=tls.path("client_ca"),
-            insecure_loopback=tls.flag("insecure_loopback", False),
+            insecure_loopback=tls.flag("insecure_loopback"),
         ),
-        admin_enabled=t.flag("admin_enabled", True),
+        admin_enabled=t.flag("admin_enabled"),
     )
 
 
@@ -385,73 +417,82 @@ def _hsm(t: _Reader) -> HsmSettings:
         raise t.error("module", "is required (path of the PKCS#11 library)")
     if "pin" in t._data:
         raise t.error("pin", "PINs may not be in the configuration; use pin_file or pin_env")
-    return HsmSettings(
+    return _build(
+        HsmSettings,
         module=module,
         token_label=t.required_str("token_label"),
         pin_file=t.path("pin_file"),
         pin_env=t.text("pin_env"),
-        workers=t.whole("workers", 0),
+        workers=t.whole("workers"),
         softhsm_conf=t.path("softhsm_conf"),
-        audit_key_label=t.text("audit_key_label", "signer-audit") or "signer-audit",
-        csca_key_label=t.text("csca_key_label", "dev-csca") or "dev-csca",
-        copy_keys_to_session=t.flag("copy_keys_to_session", True),
-        timeout_seconds=t.number("timeout_seconds", 30.0, minimum=0.1),
+        audit_key_label=t.text("audit_key_label") or None,
+        csca_key_label=t.text("csca_key_label") or None,
+        copy_keys_to_session=t.flag("copy_keys_to_session"),
+        timeout_seconds=t.number("timeout_seconds", minimum=0.1),
     )
 
 
 def _keys(t: _Reader) -> KeySettings:
-    return KeySettings(
-        usage_period=timedelta(days=t.number("usage_period_days", 182, minimum=1)),
-        credential_lifetime=timedelta(days=t.number("credential_lifetime_days", 365, minimum=0)),
-        overlap=timedelta(minutes=t.number("overlap_minutes", 10)),
-        warn_before=timedelta(days=t.number("warn_before_days", 30)),
-        approvals_required=t.whole("approvals_required", 2, minimum=1),
-        change_ttl=timedelta(minutes=t.number("change_ttl_minutes", 24 * 60, minimum=1)),
-        refresh_interval=timedelta(seconds=t.number("refresh_seconds", 2, minimum=0.1)),
+    return _build(
+        KeySettings,
+        usage_period=t.duration("usage_period_days", _DAY, minimum=1),
+        credential_lifetime=t.duration("credential_lifetime_days", _DAY),
+        overlap=t.duration("overlap_minutes", _MINUTE),
+        warn_before=t.duration("warn_before_days", _DAY),
+        approvals_required=t.whole("approvals_required", minimum=1),
+        change_ttl=t.duration("change_ttl_minutes", _MINUTE, minimum=1),
+        refresh_interval=t.duration("refresh_seconds", _SECOND, minimum=0.1),
         csca_cert=t.path("csca_cert"),
-        country=t.text("country", "VN") or "VN",
-        dev=t.flag("dev", False),
+        country=t.text("country") or None,
+        dev=t.flag("dev"),
     )
 
 
 def _audit(t: _Reader) -> AuditSettings:
-    return AuditSettings(
-        enabled=t.flag("enabled", True),
-        directory=t.path("dir") or (t.source_dir / "audit"),
-        segment_max_bytes=t.whole("segment_max_mb", 64, minimum=1) * 1024 * 1024,
-        checkpoint_every_records=t.whole("checkpoint_every_records", 10_000, minimum=1),
-        checkpoint_every_seconds=t.number("checkpoint_every_seconds", 60.0, minimum=0.1),
-        store_signatures=t.flag("store_signatures", False),
-        origin=t.text("origin", "signer") or "signer",
+    segment_mb = t.whole("segment_max_mb", minimum=1)
+    audit = _build(
+        AuditSettings,
+        enabled=t.flag("enabled"),
+        directory=t.path("dir"),
+        segment_max_bytes=None if segment_mb is None else segment_mb * _MIB,
+        checkpoint_every_records=t.whole("checkpoint_every_records", minimum=1),
+        checkpoint_every_seconds=t.number("checkpoint_every_seconds", minimum=0.1),
+        store_signatures=t.flag("store_signatures"),
+        origin=t.text("origin") or None,
     )
+    # The default directory, like every relative path, lives next to the configuration file.
+    return replace(audit, directory=t.resolve(audit.directory))
 
 
 def _roles(t: _Reader) -> RoleSettings:
-    return RoleSettings(
-        issuer=tuple(t.str_list("issuer", [])),
-        officer=tuple(t.str_list("officer", [])),
-        auditor=tuple(t.str_list("auditor", [])),
+    return _build(
+        RoleSettings,
+        issuer=_tuple(t.str_list("issuer")),
+        officer=_tuple(t.str_list("officer")),
+        auditor=_tuple(t.str_list("auditor")),
     )
 
 
 def _quota(t: _Reader) -> QuotaSettings:
-    return QuotaSettings(
-        signatures_per_second=t.number("signatures_per_second", 0.0),
-        burst=t.whole("burst", 0),
-        max_concurrent=t.whole("max_concurrent", 0),
+    return _build(
+        QuotaSettings,
+        signatures_per_second=t.number("signatures_per_second"),
+        burst=t.whole("burst"),
+        max_concurrent=t.whole("max_concurrent"),
     )
 
 
 def _client(t: _Reader) -> ClientSettings:
-    return ClientSettings(
+    return _build(
+        ClientSettings,
         ca=t.path("ca"),
         cert_dir=t.path("cert_dir"),
-        server_name=t.text("server_name", "localhost") or "localhost",
+        server_name=t.text("server_name") or None,
     )
 
 
 def _log(t: _Reader) -> LogSettings:
-    level = (t.text("level", "INFO") or "INFO").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise t.error("level", "must be DEBUG, INFO, WARNING or ERROR")
-    return LogSettings(level=level, json=t.flag("json", False))
+    level = t.text("level")
+    if level is not None and level.upper() not in LOG_LEVELS:
+        raise t.error("level", f"must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+    return _build(LogSettings, level=level and level.upper(), json=t.flag("json"))
