@@ -8,13 +8,16 @@ environment variable named here.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from signer.errors import ConfigError
 
@@ -24,6 +27,21 @@ KNOWN_PROFILES = ("vaccination", "test", "recovery")
 # the slack covers the other fields.
 _BYTES_PER_DIGEST_MESSAGE = 80
 _MESSAGE_SLACK = 64 * 1024
+_MIB = 1024 * 1024
+_DAY = timedelta(days=1)
+_MINUTE = timedelta(minutes=1)
+_SECOND = timedelta(seconds=1)
+_HOUR = timedelta(hours=1)
+# About ten years: a longer key policy is a typo, and it stays far from timedelta's limit.
+_LONGEST = timedelta(days=3653)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_ROLES = ("issuer", "officer", "auditor")
+_NAME_FORMS = {"CN=": "common name", "URI:": "SAN URI", "DNS:": "SAN DNS name"}
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_SHOWN_CHARS = 60
+_HIDDEN = object()
 
 
 @dataclass(frozen=True)
@@ -105,7 +123,7 @@ class AuditSettings:
 
     enabled: bool = True
     directory: Path = Path("audit")
-    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_bytes: int = 64 * _MIB
     checkpoint_every_records: int = 10_000
     checkpoint_every_seconds: float = 60.0
     store_signatures: bool = False
@@ -126,6 +144,8 @@ class RoleSettings:
     issuer: tuple[str, ...] = ()
     officer: tuple[str, ...] = ()
     auditor: tuple[str, ...] = ()
+    # Off by default: one identity with several roles undoes the separation of duties.
+    allow_shared_identities: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,12 +187,12 @@ class Settings:
     roles: RoleSettings
     quota: QuotaSettings
     log: LogSettings
-    profiles: tuple[str, ...]
+    profiles: tuple[str, ...] = ("vaccination",)
     client: ClientSettings = field(default_factory=ClientSettings)
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
-    """Read and validate a configuration file; raise :class:`ConfigError` naming the problem."""
+    """Read and validate a configuration file; raise :class:`ConfigError` naming every problem."""
     source = Path(path).resolve()
     try:
         with source.open("rb") as fh:
@@ -185,58 +205,76 @@ def load(path: str | os.PathLike[str]) -> Settings:
 
 
 def parse(raw: dict[str, Any], source: Path) -> Settings:
-    """Validate an already-parsed TOML document; paths resolve against ``source``'s folder."""
-    reader = _Reader(raw, source)
-    settings = Settings(
+    """Validate an already-parsed TOML document; paths resolve against ``source``'s folder.
+
+    All problems of the document are collected and raised together, one per line, in one
+    :class:`ConfigError`; a bad value stands in as its default while the rest is checked.
+    """
+    problems: list[str] = []
+    reader = _Reader(raw, source, problems)
+    settings = _build(
+        Settings,
         source=source,
         server=_server(reader.table("server")),
         hsm=_hsm(reader.table("hsm")),
         keys=_keys(reader.table("keys")),
         audit=_audit(reader.table("audit")),
-        metrics=MetricsSettings(listen=reader.table("metrics").text("listen", "127.0.0.1:9102")),
+        metrics=_build(MetricsSettings, listen=reader.table("metrics").text("listen")),
         roles=_roles(reader.table("roles")),
         quota=_quota(reader.table("quota")),
         log=_log(reader.table("log")),
-        profiles=tuple(reader.str_list("profiles", ["vaccination"])),
+        profiles=_tuple(reader.str_list("profiles")),
         client=_client(reader.table("client")),
     )
     reader.reject_unknown()
-    if not settings.profiles:
-        raise ConfigError(f"{source}: 'profiles' must name at least one certificate profile")
-    _check_production_rules(settings)
-    unknown = sorted(set(settings.profiles) - set(KNOWN_PROFILES))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown profile(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROFILES)}"
-        )
+    problems += _profile_problems(settings.profiles)
+    problems += _production_problems(settings)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     return settings
 
 
-def _check_production_rules(settings: Settings) -> None:
+def _profile_problems(profiles: tuple[str, ...]) -> list[str]:
+    if not profiles:
+        return ["'profiles' must name at least one certificate profile"]
+    unknown = sorted(set(profiles) - set(KNOWN_PROFILES))
+    if unknown:
+        return [
+            f"unknown profile(s) {', '.join(map(_show, unknown))};"
+            f" known: {', '.join(KNOWN_PROFILES)}"
+        ]
+    return []
+
+
+def _production_problems(settings: Settings) -> list[str]:
     """Outside dev configurations, refuse settings that would weaken the appliance."""
-    where = settings.source
+    problems = []
     if settings.server.tls.insecure_loopback and not settings.keys.dev:
-        raise ConfigError(
-            f"{where}: [server.tls] insecure_loopback is only allowed with [keys] dev = true:"
+        problems.append(
+            "[server.tls] insecure_loopback is only allowed with [keys] dev = true:"
             " without client certificates there are no roles and no real dual control"
         )
     if settings.keys.dev:
-        return
+        return problems
     if settings.keys.approvals_required < 2:
-        raise ConfigError(f"{where}: [keys] approvals_required must be >= 2 unless dev = true")
+        problems.append(
+            "[keys] approvals_required must be >= 2 unless dev = true,"
+            f" got {settings.keys.approvals_required}"
+        )
     if not settings.audit.enabled:
-        raise ConfigError(f"{where}: [audit] enabled = false is only allowed with dev = true")
+        problems.append("[audit] enabled = false is only allowed with dev = true")
     if settings.keys.csca_cert is None:
-        raise ConfigError(
-            f"{where}: [keys] csca_cert is required unless dev = true: imported DSCs must chain"
+        problems.append(
+            "[keys] csca_cert is required unless dev = true: imported DSCs must chain"
             " to the national CSCA"
         )
     quota = settings.quota
     if quota.signatures_per_second and quota.burst < settings.server.max_batch:
-        raise ConfigError(
-            f"{where}: [quota] burst ({quota.burst}) is below [server] max_batch"
+        problems.append(
+            f"[quota] burst ({quota.burst}) is below [server] max_batch"
             f" ({settings.server.max_batch}); every full batch would be refused"
         )
+    return problems
 
 
 def read_pin(hsm: HsmSettings) -> str:
@@ -245,21 +283,32 @@ def read_pin(hsm: HsmSettings) -> str:
     A PIN file readable by group or others is refused: fail closed rather than run with a
     secret that other accounts on the host may have read.
     """
-    if hsm.pin_env:
-        value = os.environ.get(hsm.pin_env)
-        if value:
-            return value.strip()
-        if hsm.pin_file is None:
+    if hsm.pin_env and hsm.pin_file is None:
+        value = os.environ.get(hsm.pin_env, "").strip()
+        if not value:
             raise ConfigError(
                 f"environment variable {hsm.pin_env} that should hold the PIN is empty"
             )
-    if hsm.pin_file is None:
-        raise ConfigError("[hsm] needs pin_file or pin_env to find the token user PIN")
-    check_private_file(hsm.pin_file, "PIN file")
-    pin = hsm.pin_file.read_text(encoding="utf-8").strip()
-    if not pin:
-        raise ConfigError(f"PIN file {hsm.pin_file} is empty")
-    return pin
+        return value
+    if hsm.pin_file is not None and not hsm.pin_env:
+        check_private_file(hsm.pin_file, "PIN file")
+        pin = hsm.pin_file.read_text(encoding="utf-8").strip()
+        if not pin:
+            raise ConfigError(f"PIN file {hsm.pin_file} is empty")
+        return pin
+    raise ConfigError(f"[hsm] {_pin_source_problem(hsm.pin_file, hsm.pin_env)}")
+
+
+def _pin_source_problem(pin_file: Path | None, pin_env: str | None) -> str | None:
+    """Why the PIN cannot be found unambiguously, or None: exactly one source must be named."""
+    if pin_file is None and not pin_env:
+        return "needs pin_file or pin_env to find the token user PIN"
+    if pin_file is not None and pin_env:
+        return (
+            "pin_file and pin_env are both set; name only one (pin_file is preferred: the"
+            " environment of the daemon and its workers is readable via /proc)"
+        )
+    return None
 
 
 def check_private_file(path: Path, what: str) -> None:
@@ -275,14 +324,77 @@ def check_private_file(path: Path, what: str) -> None:
         )
 
 
-class _Reader:
-    """Typed access to one TOML table that remembers which keys were used."""
+def identity_problem(identity: str) -> str | None:
+    """Why ``identity`` cannot name a client certificate (see ``[roles]``), or None if it can."""
+    if not identity.strip():
+        return "is empty"
+    if _has_control_characters(identity):
+        return "must not contain control characters"
+    if identity.upper().startswith("SHA256:"):
+        if not _FINGERPRINT.fullmatch(identity[len("SHA256:") :].replace(":", "")):
+            return "a SHA256: fingerprint must be 64 hex digits (colons between pairs allowed)"
+        return None
+    for prefix, name in _NAME_FORMS.items():
+        if identity.startswith(prefix):
+            rest = identity[len(prefix) :]
+            if not rest.strip():
+                return f"names nothing after {prefix}"
+            if rest != rest.strip() or (prefix != "CN=" and any(c.isspace() for c in rest)):
+                return f"has spaces that no certificate {name} contains"
+            return None
+    return f"must start with {', '.join(_NAME_FORMS)} or SHA256: (in capitals)"
 
-    def __init__(self, data: dict[str, Any], source: Path, where: str = "") -> None:
+
+def canonical_identity(identity: str) -> str:
+    """The form under which an identity is compared: fingerprints in lower case without colons."""
+    if identity.upper().startswith("SHA256:"):
+        return "SHA256:" + identity[len("SHA256:") :].replace(":", "").lower()
+    return identity
+
+
+def _show(value: object) -> str:
+    """A value as an operator wrote it, cut short so one line stays one line."""
+    text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+_T = TypeVar("_T")
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were used.
+
+    Every accessor returns None for an absent key, and the settings are built with
+    :func:`_build`, so an absent key gets the default its dataclass declares: each default
+    is written once, on the dataclass. A bad value is recorded in the shared problem list
+    and read as absent, so that one pass finds every problem of the file.
+    """
+
+    def __init__(
+        self, data: dict[str, Any], source: Path, problems: list[str], where: str = ""
+    ) -> None:
         self._data = data
         self._source = source
+        self._problems = problems
         self._where = where
         self._used: set[str] = set()
+        self._reported: set[str] = set()
         self._children: list[_Reader] = []
 
     def _name(self, key: str) -> str:
@@ -293,165 +405,267 @@ class _Reader:
         if key not in self._data:
             return default
         value = self._data[key]
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            raise self.error(key, "must be a number, not true/false")
-        if not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else "number"
-            raise self.error(key, f"must be a {expected}, got {type(value).__name__}")
+        # bool is a subclass of int, but true is no number of workers.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            expected = _TYPE_NAMES.get(kind, "a number") if isinstance(kind, type) else "a number"
+            self.problem(key, f"must be {expected}", value)
+            return default
         return value
 
-    def error(self, key: str, message: str) -> ConfigError:
-        """A ConfigError naming the file and the key."""
-        return ConfigError(f"{self._source}: [{self._name(key)}] {message}")
+    def problem(self, key: str, message: str, value: object = _HIDDEN) -> None:
+        """Record that ``key`` is unusable; the message ends with ``value`` unless it is hidden."""
+        self._reported.add(key)
+        shown = "" if value is _HIDDEN else f", got {_show(value)}"
+        self._problems.append(f"[{self._name(key)}] {message}{shown}")
+
+    def table_problem(self, message: str) -> None:
+        """Record a problem of this table as a whole (several keys that do not fit together)."""
+        self._problems.append(f"[{self._where}] {message}")
+
+    def reported(self, *keys: str) -> bool:
+        """True when a problem was already recorded for one of ``keys``."""
+        return not self._reported.isdisjoint(keys)
+
+    def missing(self, key: str, hint: str) -> None:
+        """Record a required key as missing, unless it is present and was reported as bad."""
+        if not self.reported(key):
+            self.problem(key, f"is required ({hint})")
+
+    def forbid(self, key: str, message: str) -> None:
+        """Refuse ``key`` with ``message``, never showing its value."""
+        if key in self._data:
+            self._used.add(key)
+            self.problem(key, message)
 
     def table(self, key: str) -> _Reader:
-        child = _Reader(self._get(key, dict, {}), self._source, self._name(key))
+        child = _Reader(self._get(key, dict, {}), self._source, self._problems, self._name(key))
         self._children.append(child)
         return child
 
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value: str | None = self._get(key, str, default)
-        return value
-
-    def required_str(self, key: str) -> str:
-        value = self.text(key)
-        if not value:
-            raise self.error(key, "is required")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value: bool = self._get(key, bool, default)
-        return value
-
-    def whole(self, key: str, default: int, minimum: int = 0) -> int:
-        value: int = self._get(key, int, default)
-        if value < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = float(self._get(key, (int, float), default))
-        if value < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def str_list(self, key: str, default: list[str]) -> list[str]:
-        value: list[Any] = self._get(key, list, default)
-        if not all(isinstance(item, str) for item in value):
-            raise self.error(key, "must be a list of strings")
-        return [str(item) for item in value]
-
-    @property
-    def source_dir(self) -> Path:
-        """Folder of the configuration file (relative paths resolve against it)."""
-        return self._source.parent
-
-    def path(self, key: str) -> Path | None:
-        value = self.text(key)
+    def text(self, key: str, nonempty: bool = False) -> str | None:
+        value: str | None = self._get(key, str, None)
         if value is None:
             return None
-        candidate = Path(value).expanduser()
+        if _has_control_characters(value):
+            self.problem(key, "must not contain control characters", value)
+            return None
+        if nonempty and not value.strip():
+            self.problem(key, "must not be empty", value)
+            return None
+        return value
+
+    def matching(
+        self, key: str, pattern: re.Pattern[str], expected: str, show: bool = True
+    ) -> str | None:
+        """A string that ``pattern`` matches entirely."""
+        value = self.text(key)
+        if value is None or pattern.fullmatch(value):
+            return value
+        self.problem(key, f"must be {expected}", value if show else _HIDDEN)
+        return None
+
+    def flag(self, key: str) -> bool | None:
+        value: bool | None = self._get(key, bool, None)
+        return value
+
+    def whole(self, key: str, minimum: int, maximum: int) -> int | None:
+        value: int | None = self._get(key, int, None)
+        if value is None or not self._in_range(key, value, value, minimum, maximum):
+            return None
+        return value
+
+    def number(self, key: str, minimum: float, maximum: float) -> float | None:
+        value = self._get(key, (int, float), None)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            self.problem(key, "must be a finite number", value)
+            return None
+        return number if self._in_range(key, number, value, minimum, maximum) else None
+
+    def _in_range(
+        self, key: str, value: float, written: object, minimum: float, maximum: float
+    ) -> bool:
+        if minimum <= value <= maximum:
+            return True
+        bound = f">= {_bound(minimum)}" if value < minimum else f"<= {_bound(maximum)}"
+        self.problem(key, f"must be {bound}", written)
+        return False
+
+    def duration(
+        self, key: str, unit: timedelta, minimum: float, longest: timedelta = _LONGEST
+    ) -> timedelta | None:
+        """A number of ``unit``s (the unit is in the key's name, e.g. ``_days``)."""
+        value = self.number(key, minimum, longest / unit)
+        return None if value is None else value * unit
+
+    def str_list(self, key: str) -> list[str] | None:
+        value: list[Any] | None = self._get(key, list, None)
+        if value is None:
+            return None
+        if not all(isinstance(item, str) for item in value):
+            self.problem(key, "must be a list of strings", value)
+            return None
+        return [str(item) for item in value]
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` itself if absolute, else relative to the folder of the configuration file."""
+        candidate = path.expanduser()
         return candidate if candidate.is_absolute() else (self._source.parent / candidate).resolve()
+
+    def path(self, key: str) -> Path | None:
+        value = self.text(key, nonempty=True)
+        return None if value is None else self.resolve(Path(value))
 
     def reject_unknown(self) -> None:
         unknown = sorted(set(self._data) - self._used)
         if unknown:
-            raise ConfigError(
-                f"{self._source}: unknown setting(s) {', '.join(self._name(k) for k in unknown)}"
-            )
+            self._problems.append(f"unknown setting(s) {', '.join(self._name(k) for k in unknown)}")
         for child in self._children:
             child.reject_unknown()
 
 
+def _build(cls: Callable[..., _T], **values: object) -> _T:
+    """``cls(**values)`` without the None values, so that absent keys keep their defaults."""
+    return cls(**{name: value for name, value in values.items() if value is not None})
+
+
+def _tuple(items: list[str] | None) -> tuple[str, ...] | None:
+    return None if items is None else tuple(items)
+
+
 def _server(t: _Reader) -> ServerSettings:
     tls = t.table("tls")
-    return ServerSettings(
-        listen=t.text("listen", "127.0.0.1:50051") or "127.0.0.1:50051",
-        max_batch=t.whole("max_batch", DEFAULT_MAX_BATCH, minimum=1),
-        threads=t.whole("threads", 32, minimum=2),
-        tls=TlsSettings(
+    return _build(
+        ServerSettings,
+        listen=t.text("listen", nonempty=True),
+        max_batch=t.whole("max_batch", 1, 1_000_000),
+        threads=t.whole("threads", 2, 1024),
+        tls=_build(
+            TlsSettings,
             cert=tls.path("cert"),
             key=tls.path("key"),
             client_ca=tls.path("client_ca"),
-            insecure_loopback=tls.flag("insecure_loopback", False),
+            insecure_loopback=tls.flag("insecure_loopback"),
         ),
-        admin_enabled=t.flag("admin_enabled", True),
+        admin_enabled=t.flag("admin_enabled"),
     )
 
 
 def _hsm(t: _Reader) -> HsmSettings:
+    t.forbid("pin", "PINs may not be in the configuration; use pin_file or pin_env")
     module = t.path("module")
+    token_label = t.text("token_label", nonempty=True)
+    pin_file = t.path("pin_file")
+    # Never shown: a PIN typed here by mistake must not reach the logs.
+    pin_env = t.matching("pin_env", _ENV_NAME, "the name of an environment variable", show=False)
     if module is None:
-        raise t.error("module", "is required (path of the PKCS#11 library)")
-    if "pin" in t._data:
-        raise t.error("pin", "PINs may not be in the configuration; use pin_file or pin_env")
-    return HsmSettings(
-        module=module,
-        token_label=t.required_str("token_label"),
-        pin_file=t.path("pin_file"),
-        pin_env=t.text("pin_env"),
-        workers=t.whole("workers", 0),
+        t.missing("module", "path of the PKCS#11 library")
+    if token_label is None:
+        t.missing("token_label", "label of the token holding the keys")
+    pin_problem = _pin_source_problem(pin_file, pin_env)
+    if pin_problem and not t.reported("pin_file", "pin_env"):
+        t.table_problem(pin_problem)
+    return _build(
+        HsmSettings,
+        # Stand-ins when missing: the problem is recorded and these settings never returned.
+        module=module or Path(),
+        token_label=token_label or "",
+        pin_file=pin_file,
+        pin_env=pin_env,
+        workers=t.whole("workers", 0, 256),
         softhsm_conf=t.path("softhsm_conf"),
-        audit_key_label=t.text("audit_key_label", "signer-audit") or "signer-audit",
-        csca_key_label=t.text("csca_key_label", "dev-csca") or "dev-csca",
-        copy_keys_to_session=t.flag("copy_keys_to_session", True),
-        timeout_seconds=t.number("timeout_seconds", 30.0, minimum=0.1),
+        audit_key_label=t.text("audit_key_label", nonempty=True),
+        csca_key_label=t.text("csca_key_label", nonempty=True),
+        copy_keys_to_session=t.flag("copy_keys_to_session"),
+        timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
     )
 
 
 def _keys(t: _Reader) -> KeySettings:
-    return KeySettings(
-        usage_period=timedelta(days=t.number("usage_period_days", 182, minimum=1)),
-        credential_lifetime=timedelta(days=t.number("credential_lifetime_days", 365, minimum=0)),
-        overlap=timedelta(minutes=t.number("overlap_minutes", 10)),
-        warn_before=timedelta(days=t.number("warn_before_days", 30)),
-        approvals_required=t.whole("approvals_required", 2, minimum=1),
-        change_ttl=timedelta(minutes=t.number("change_ttl_minutes", 24 * 60, minimum=1)),
-        refresh_interval=timedelta(seconds=t.number("refresh_seconds", 2, minimum=0.1)),
+    return _build(
+        KeySettings,
+        usage_period=t.duration("usage_period_days", _DAY, 1),
+        credential_lifetime=t.duration("credential_lifetime_days", _DAY, 0),
+        overlap=t.duration("overlap_minutes", _MINUTE, 0),
+        warn_before=t.duration("warn_before_days", _DAY, 0),
+        approvals_required=t.whole("approvals_required", 1, 10),
+        change_ttl=t.duration("change_ttl_minutes", _MINUTE, 1),
+        refresh_interval=t.duration("refresh_seconds", _SECOND, 0.1, longest=_HOUR),
         csca_cert=t.path("csca_cert"),
-        country=t.text("country", "VN") or "VN",
-        dev=t.flag("dev", False),
+        country=t.matching("country", _COUNTRY, "a two-letter ISO 3166 code in capitals"),
+        dev=t.flag("dev"),
     )
 
 
 def _audit(t: _Reader) -> AuditSettings:
-    return AuditSettings(
-        enabled=t.flag("enabled", True),
-        directory=t.path("dir") or (t.source_dir / "audit"),
-        segment_max_bytes=t.whole("segment_max_mb", 64, minimum=1) * 1024 * 1024,
-        checkpoint_every_records=t.whole("checkpoint_every_records", 10_000, minimum=1),
-        checkpoint_every_seconds=t.number("checkpoint_every_seconds", 60.0, minimum=0.1),
-        store_signatures=t.flag("store_signatures", False),
-        origin=t.text("origin", "signer") or "signer",
+    segment_mb = t.whole("segment_max_mb", 1, 64 * 1024)
+    audit = _build(
+        AuditSettings,
+        enabled=t.flag("enabled"),
+        directory=t.path("dir"),
+        segment_max_bytes=None if segment_mb is None else segment_mb * _MIB,
+        checkpoint_every_records=t.whole("checkpoint_every_records", 1, 10_000_000),
+        checkpoint_every_seconds=t.number("checkpoint_every_seconds", 0.1, _DAY / _SECOND),
+        store_signatures=t.flag("store_signatures"),
+        origin=t.text("origin", nonempty=True),
     )
+    # The default directory, like every relative path, lives next to the configuration file.
+    return replace(audit, directory=t.resolve(audit.directory))
 
 
 def _roles(t: _Reader) -> RoleSettings:
-    return RoleSettings(
-        issuer=tuple(t.str_list("issuer", [])),
-        officer=tuple(t.str_list("officer", [])),
-        auditor=tuple(t.str_list("auditor", [])),
+    allow_shared = t.flag("allow_shared_identities")
+    lists = {role: t.str_list(role) for role in _ROLES}
+    first_role: dict[str, str] = {}
+    for role, identities in lists.items():
+        for identity in identities or []:
+            problem = identity_problem(identity)
+            if problem:
+                t.problem(role, f"{_show(identity)}: {problem}")
+                continue
+            other = first_role.setdefault(canonical_identity(identity), role)
+            if other != role and not allow_shared:
+                t.problem(
+                    role,
+                    f"{_show(identity)} is also listed under {other}: an issuer must not change"
+                    " keys, an officer must not sign (allow_shared_identities = true permits it)",
+                )
+    return _build(
+        RoleSettings,
+        issuer=_tuple(lists["issuer"]),
+        officer=_tuple(lists["officer"]),
+        auditor=_tuple(lists["auditor"]),
+        allow_shared_identities=allow_shared,
     )
 
 
 def _quota(t: _Reader) -> QuotaSettings:
-    return QuotaSettings(
-        signatures_per_second=t.number("signatures_per_second", 0.0),
-        burst=t.whole("burst", 0),
-        max_concurrent=t.whole("max_concurrent", 0),
+    return _build(
+        QuotaSettings,
+        signatures_per_second=t.number("signatures_per_second", 0, 10_000_000),
+        burst=t.whole("burst", 0, 100_000_000),
+        max_concurrent=t.whole("max_concurrent", 0, 10_000),
     )
 
 
 def _client(t: _Reader) -> ClientSettings:
-    return ClientSettings(
+    return _build(
+        ClientSettings,
         ca=t.path("ca"),
         cert_dir=t.path("cert_dir"),
-        server_name=t.text("server_name", "localhost") or "localhost",
+        server_name=t.text("server_name", nonempty=True),
     )
 
 
 def _log(t: _Reader) -> LogSettings:
-    level = (t.text("level", "INFO") or "INFO").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise t.error("level", "must be DEBUG, INFO, WARNING or ERROR")
-    return LogSettings(level=level, json=t.flag("json", False))
+    level = t.text("level")
+    if level is not None and level.upper() not in _LOG_LEVELS:
+        choices = f"{', '.join(_LOG_LEVELS[:-1])} or {_LOG_LEVELS[-1]}"
+        t.problem("level", f"must be {choices}", level)
+        level = None
+    return _build(LogSettings, level=level and level.upper(), json=t.flag("json"))
