@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from signer.errors import ConfigError
+from signer.identity import normalise
 
 DEFAULT_MAX_BATCH = 10_000
 KNOWN_PROFILES = ("vaccination", "test", "recovery")
@@ -345,13 +346,6 @@ def identity_problem(identity: str) -> str | None:
     return f"must start with {', '.join(_NAME_FORMS)} or SHA256: (in capitals)"
 
 
-def canonical_identity(identity: str) -> str:
-    """The form under which an identity is compared: fingerprints in lower case without colons."""
-    if identity.upper().startswith("SHA256:"):
-        return "SHA256:" + identity[len("SHA256:") :].replace(":", "").lower()
-    return identity
-
-
 def _show(value: object) -> str:
     """A value as an operator wrote it, cut short so one line stays one line."""
     text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
@@ -628,7 +622,7 @@ def _roles(t: _Reader) -> RoleSettings:
             if problem:
                 t.problem(role, f"{_show(identity)}: {problem}")
                 continue
-            other = first_role.setdefault(canonical_identity(identity), role)
+            other = first_role.setdefault(normalise(identity), role)
             if other != role and not allow_shared:
                 t.problem(
                     role,

@@ -11,7 +11,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from signer.audit.query import find_by_digest, latest_checkpoint
 from signer.audit.verify import FaultKind, verify_log
 from signer.errors import AuditError, InvalidRequest
-from signer.service.metrics import Metrics
 from signer.service.trail import AuditTrail
 from signer.v1 import audit_pb2, audit_pb2_grpc
 
@@ -19,10 +18,9 @@ from signer.v1 import audit_pb2, audit_pb2_grpc
 class AuditService(audit_pb2_grpc.AuditServicer):
     """The auditor-facing API (reads the same files an offline auditor would)."""
 
-    def __init__(self, trail: AuditTrail, directory: Path, metrics: Metrics) -> None:
+    def __init__(self, trail: AuditTrail, directory: Path) -> None:
         self._trail = trail
         self._dir = directory
-        self._metrics = metrics
 
     def _require_log(self) -> None:
         if self._trail.log is None:

@@ -9,7 +9,6 @@ reflection need only a certificate the server's client CA trusts (checked by TLS
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from signer.config import RoleSettings
+from signer.identity import certificate_names, normalise
 
 ROLE_OF_SERVICE: Mapping[str, str] = {
     "signer.v1.Signing": "issuer",
@@ -45,15 +45,8 @@ def certificate_identities(auth_context: Mapping[str, Sequence[bytes]]) -> list[
 @functools.lru_cache(maxsize=1024)
 def _certificate_names(pem: bytes) -> tuple[str, ...]:
     """Fingerprint and SAN names of a client certificate (parsed once per certificate)."""
-    cert = x509.load_pem_x509_certificate(pem)
-    names = ["SHA256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return tuple(names)
-    names += [f"URI:{u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-    names += [f"DNS:{d}" for d in san.get_values_for_type(x509.DNSName)]
-    return tuple(names)
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    return tuple(name for name in certificate_names(der) if not name.startswith("CN="))
 
 
 def role_identity(context: grpc.ServicerContext, roles: Roles, role: str) -> str | None:
@@ -86,21 +79,15 @@ class Roles:
             ("auditor", settings.auditor),
         ):
             for identity in identities:
-                grants.setdefault(_normalise(identity), set()).add(role)
+                grants.setdefault(normalise(identity), set()).add(role)
         return cls({k: frozenset(v) for k, v in grants.items()})
 
     def roles_of(self, identities: Iterable[str]) -> frozenset[str]:
         """All roles held by any of the identities."""
         held: set[str] = set()
         for identity in identities:
-            held |= self.grants.get(_normalise(identity), frozenset())
+            held |= self.grants.get(normalise(identity), frozenset())
         return frozenset(held)
-
-
-def _normalise(identity: str) -> str:
-    if identity.upper().startswith("SHA256:"):
-        return "SHA256:" + identity[7:].replace(":", "").lower()
-    return identity
 
 
 def service_of(method: str) -> str:

@@ -179,7 +179,7 @@ class Daemon:
             )
             services.append(key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name)
         audit_pb2_grpc.add_AuditServicer_to_server(
-            AuditService(self.trail, self.settings.audit.directory, self.metrics), server
+            AuditService(self.trail, self.settings.audit.directory), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(services, server)
