@@ -15,18 +15,31 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from signer import __version__
 from signer.audit import cli as audit_cli
 from signer.cli_args import CommandParser, positive_int, sha256_hex
-from signer.cli_exit import EXPECTED_ERRORS, ExitCode, UsageError, failure, note, report
+from signer.cli_exit import (
+    LOCAL_ERRORS,
+    ExitCode,
+    Failure,
+    UsageError,
+    daemon_failure,
+    failure,
+    note,
+    report,
+)
 from signer.client import keys_cli
 from signer.client.client import DccSigner
 from signer.client.connect import add_connection_options, make_client, targets
+from signer.client.errors import RequestRefused, from_rpc_error
 from signer.config import load
 from signer.dcc import cli as dcc_cli
 from signer.logs import configure_logging
 
 COMMAND_HELP = "the command to run; see its --help"
+EXPECTED_ERRORS = (*LOCAL_ERRORS, grpc.RpcError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,10 +59,15 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         args = parser.parse_args(argv)
         return int(args.func(args))
     except EXPECTED_ERRORS as error:
-        found = failure(error)
-        if found.code is ExitCode.UNAVAILABLE:
-            found = failure(error, _address(args))
-        return report(found)
+        return report(_failure(error, args))
+
+
+def _failure(error: BaseException, args: argparse.Namespace | None) -> Failure:
+    if isinstance(error, grpc.RpcError):
+        error = from_rpc_error(error)
+    if isinstance(error, RequestRefused):
+        return daemon_failure(error.code.name, str(error), _address(args))
+    return failure(error)
 
 
 def _address(args: argparse.Namespace | None) -> str | None:

@@ -3,6 +3,9 @@
 Commands raise typed errors (or return a code from :class:`ExitCode` for a finding they
 printed themselves); :func:`signer.cli.main` alone turns an error into one bounded line on
 stderr, prefixed ``signer: ``, and an exit code. README.md "Exit codes" documents the table.
+
+No gRPC here: ``signer dcc verify`` and ``signer audit`` work without it. A refusal by the
+daemon reaches :func:`daemon_failure` as its status name.
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
-import grpc
-
-from signer.client.errors import RequestRefused, SignerUnavailable, from_rpc_error
 from signer.errors import ConfigError, SignerError
 
 PREFIX = "signer: "
@@ -52,38 +52,41 @@ class Failure:
     message: str
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+UNAVAILABLE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+LOCAL_ERRORS: tuple[type[BaseException], ...] = (
     SignerError,
-    grpc.RpcError,
     OSError,
     ValueError,
     KeyboardInterrupt,
 )
-"""Errors a command may raise on bad input or a refusal; anything else is a bug and keeps
-its traceback."""
+"""Errors a command may raise on bad input or a refusal (gRPC errors aside); anything else
+is a bug and keeps its traceback."""
 
 
-def failure(error: BaseException, address: str | None = None) -> Failure:
-    """Exit code and message for an expected error; ``address`` is the daemon's, if known."""
-    if isinstance(error, grpc.RpcError):
-        error = from_rpc_error(error)
+def daemon_failure(status: str, message: str, address: str | None = None) -> Failure:
+    """Exit code and message for the daemon's gRPC ``status`` (its name, e.g. ``NOT_FOUND``);
+    ``address`` is where the command tried to reach it, if known."""
+    if status in UNAVAILABLE_STATUSES:
+        where = f" at {address}" if address else ""
+        return Failure(
+            ExitCode.UNAVAILABLE,
+            bounded(
+                f"the signer daemon{where} is unavailable ({message}); check that it runs and"
+                " accepts this client's certificate (dev: start it with `make serve`)"
+            ),
+        )
+    return Failure(ExitCode.REFUSED, bounded(f"refused by the daemon: {message}"))
+
+
+def failure(error: BaseException) -> Failure:
+    """Exit code and message for one of the :data:`LOCAL_ERRORS`."""
     if isinstance(error, KeyboardInterrupt):
         return Failure(ExitCode.INTERRUPTED, "interrupted")
     if isinstance(error, UsageError):
         return Failure(ExitCode.USAGE, bounded(str(error)))
     if isinstance(error, ConfigError):
         return Failure(ExitCode.CONFIG, bounded(str(error)))
-    if isinstance(error, SignerUnavailable):
-        where = f" at {address}" if address else ""
-        return Failure(
-            ExitCode.UNAVAILABLE,
-            bounded(
-                f"the signer daemon{where} is unavailable ({error}); check that it runs and"
-                " accepts this client's certificate (dev: start it with `make serve`)"
-            ),
-        )
-    if isinstance(error, RequestRefused):
-        return Failure(ExitCode.REFUSED, bounded(f"refused by the daemon: {error}"))
     if isinstance(error, SignerError):
         return Failure(ExitCode.REFUSED, bounded(str(error)))
     if isinstance(error, OSError):
