@@ -19,6 +19,8 @@ from signer.errors import ConfigError, SignerError
 
 PREFIX = "signer: "
 MAX_MESSAGE_CHARS = 500
+# The daemon's part of a message, so that the hint after it survives the cut.
+_DAEMON_DETAIL_CHARS = 300
 
 
 class ExitCode(IntEnum):
@@ -69,10 +71,11 @@ def daemon_failure(status: str, message: str, address: str | None = None) -> Fai
     ``address`` is where the command tried to reach it, if known."""
     if status in UNAVAILABLE_STATUSES:
         where = f" at {address}" if address else ""
+        detail = bounded(message, _DAEMON_DETAIL_CHARS)
         return Failure(
             ExitCode.UNAVAILABLE,
             bounded(
-                f"the signer daemon{where} is unavailable ({message}); check that it runs and"
+                f"the signer daemon{where} is unavailable ({detail}); check that it runs and"
                 " accepts this client's certificate (dev: start it with `make serve`)"
             ),
         )
@@ -94,12 +97,12 @@ def failure(error: BaseException) -> Failure:
     return Failure(ExitCode.USAGE, bounded(f"invalid input: {error}"))
 
 
-def bounded(text: str) -> str:
-    """``text`` on one line, cut to :data:`MAX_MESSAGE_CHARS` characters."""
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     line = re.sub(r"\s+", " ", text).strip()
-    if len(line) <= MAX_MESSAGE_CHARS:
+    if len(line) <= limit:
         return line
-    return line[: MAX_MESSAGE_CHARS - 1] + "…"
+    return line[: limit - 1] + "…"
 
 
 def report(found: Failure) -> int:

@@ -123,6 +123,8 @@ def test_unavailable_names_the_address_and_the_remedy() -> None:
     message = daemon_failure("UNAVAILABLE", "connection refused", "127.0.0.1:50051").message
     assert "the signer daemon at 127.0.0.1:50051 is unavailable (connection refused)" in message
     assert "make serve" in message
+    long = daemon_failure("UNAVAILABLE", "x" * 5000, "127.0.0.1:50051").message
+    assert len(long) <= MAX_MESSAGE_CHARS and long.endswith("(dev: start it with `make serve`)")
 
 
 def test_offline_commands_and_the_table_load_without_grpc() -> None:
