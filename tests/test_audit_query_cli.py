@@ -1,6 +1,5 @@
 """Queries (find by digest, tail) and the ``signer audit`` subcommands."""
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -8,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from signer.audit.checkpoint import CheckpointSigner
-from signer.audit.cli import add_subcommands
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
 from signer.audit.query import find_by_digest, latest_checkpoint, tail
 from signer.audit.segments import LATEST_CHECKPOINT, list_segments
+from signer.cli import main
 from tests.audit_support import ORIGIN, digest, make_signer
 
 
@@ -70,11 +69,7 @@ def test_latest_checkpoint(log_dir: Path) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="signer audit")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return main(["audit", *argv])
 
 
 def test_cli_verify(

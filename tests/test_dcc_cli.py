@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 
+from signer import cli
+from signer.cli_args import CommandParser
 from signer.dcc.cli import add_subcommands
 from signer.dcc.dsc import kid_of
 from signer.dcc.trust import trust_list_entry, write_trust_list
@@ -70,11 +72,10 @@ def service() -> SoftService:
 
 
 def run(service: SoftService, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="signer")
+    """``signer dcc ARGV`` through the CLI's error path, signing with ``service``."""
+    parser: argparse.ArgumentParser = CommandParser(prog="signer dcc")
     add_subcommands(parser.add_subparsers(required=True), lambda args: service)
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return cli.run(parser, argv)
 
 
 def write_dsc(service: SoftService, tmp_path: Path) -> Path:
@@ -181,11 +182,18 @@ def test_verify_expiry_at_given_time(
     assert run(service, ["issue", str(EXAMPLES / "record-vn.json"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     dsc = write_dsc(service, tmp_path)
-    later = str(summary["exp"] + 1)
-    assert run(service, ["verify", "--cert", str(dsc), "--at", later, summary["hc1"]]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["signature_valid"] is True
-    assert result["expired"] is True
+    expires = dt.datetime.fromisoformat(summary["expires_at"])
+    assert expires == dt.datetime.fromtimestamp(summary["exp"], dt.UTC)
+    for at in (expires - dt.timedelta(seconds=1), expires + dt.timedelta(seconds=1)):
+        offset = at.astimezone(dt.timezone(dt.timedelta(hours=7))).isoformat()
+        naive = at.replace(tzinfo=None).isoformat()
+        zulu = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for given in (offset, naive, zulu):
+            assert run(service, ["verify", "--cert", str(dsc), "--at", given, summary["hc1"]]) == 0
+            result = json.loads(capsys.readouterr().out)
+            assert result["signature_valid"] is True
+            assert result["expired"] is (at > expires), given
+            assert result["expires_at"] == summary["expires_at"]
 
 
 def test_verify_garbage_exits_nonzero(

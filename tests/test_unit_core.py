@@ -217,12 +217,12 @@ def test_tools_take_the_server_name_from_the_flag(tmp_path: Path) -> None:
             files[2],
             "--server-name",
             "signer-1.example.vn",
-            "00",
+            "00" * 32,
         ]
     )
     found = connection(args, "issuer")
     assert found.targets == ["10.0.0.1:50051"]
     assert found.server_name == "signer-1.example.vn"
     assert found.tls is not None and str(found.tls.key) == files[2]
-    plain = build_parser().parse_args(["sign", "--target", "127.0.0.1:1", "00"])
+    plain = build_parser().parse_args(["sign", "--target", "127.0.0.1:1", "00" * 32])
     assert connection(plain, "issuer").tls is None

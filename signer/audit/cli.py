@@ -1,24 +1,24 @@
 """``signer audit ...`` subcommands: verify, find, tail.
 
-Exit codes: ``verify`` 0 only for an intact log, 1 for a fault, 2 when it could not run;
-``find`` 0 when the digest was found, 1 when not, 2 on bad input; ``tail`` 0, or 2 on error.
+Exit codes (:class:`signer.cli_exit.ExitCode`): ``verify`` OK only for an intact log, REFUSED
+for a fault; ``find`` OK when the digest was found, REFUSED when not; any command USAGE when it
+could not run (bad digest, unreadable key, directory or segment).
 """
 
 import argparse
 import json
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from signer.audit.query import DigestMatch, find_by_digest, tail
-from signer.audit.record import DIGEST_BYTES, AuditRecord
+from signer.audit.record import AuditRecord
 from signer.audit.verify import VerifyReport, verify_log
+from signer.cli_args import count, sha256_hex, utc_iso
+from signer.cli_exit import ExitCode, UsageError
 from signer.errors import AuditError
-
-EXIT_OK = 0
-EXIT_FAULT = 1
-EXIT_ERROR = 2
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -40,58 +40,54 @@ def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
     verify.set_defaults(func=_run_verify)
 
     find = subparsers.add_parser("find", help="find who signed a digest and when")
-    find.add_argument("digest", metavar="DIGEST_HEX", help="SHA-256 digest, 64 hex characters")
+    find.add_argument(
+        "digest", metavar="DIGEST_HEX", type=sha256_hex, help="SHA-256 digest, 64 hex characters"
+    )
     find.add_argument("--dir", required=True, type=Path, help="audit log directory")
     find.add_argument("--json", action="store_true", help="print matches as JSON")
     find.set_defaults(func=_run_find)
 
     show = subparsers.add_parser("tail", help="show the newest audit records")
     show.add_argument("--dir", required=True, type=Path, help="audit log directory")
-    show.add_argument("-n", type=int, default=10, help="number of records (default 10)")
+    show.add_argument("-n", type=count, default=10, help="number of records (default 10)")
     show.add_argument("--json", action="store_true", help="print records as JSON lines")
     show.set_defaults(func=_run_tail)
 
 
-def _run_verify(args: argparse.Namespace) -> int:
+@contextmanager
+def _could_not_run(command: str) -> Iterator[None]:
+    """A damaged segment or unusable key is the auditor's input problem (USAGE), not a fault
+    finding; unreadable files raise OSError, which is USAGE too."""
     try:
+        yield
+    except AuditError as exc:
+        raise UsageError(f"audit {command} could not run: {exc}") from exc
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    with _could_not_run("verify"):
         key = args.pubkey.read_bytes()
         report = verify_log(args.dir, key, extra_checkpoints=args.checkpoint, origin=args.origin)
-    except (AuditError, OSError) as exc:
-        print(f"audit verify could not run: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     print(json.dumps(_report_json(report)) if args.json else report.message)
-    return EXIT_OK if report.ok else EXIT_FAULT
+    return ExitCode.OK if report.ok else ExitCode.REFUSED
 
 
 def _run_find(args: argparse.Namespace) -> int:
-    try:
-        digest = bytes.fromhex(args.digest)
-        if len(digest) != DIGEST_BYTES:
-            raise ValueError
-    except ValueError:
-        print(f"digest must be {2 * DIGEST_BYTES} hex characters", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        matches = find_by_digest(args.dir, digest)
-    except (AuditError, OSError) as exc:
-        print(f"audit find failed: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    with _could_not_run("find"):
+        matches = find_by_digest(args.dir, args.digest)
     for match in matches:
         print(json.dumps(_match_json(match)) if args.json else _match_line(match))
     if not matches and not args.json:
-        print(f"digest {digest.hex()} not found in {args.dir}")
-    return EXIT_OK if matches else EXIT_FAULT
+        print(f"digest {args.digest.hex()} not found in {args.dir}")
+    return ExitCode.OK if matches else ExitCode.REFUSED
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    try:
+    with _could_not_run("tail"):
         records = tail(args.dir, args.n)
-    except (AuditError, OSError) as exc:
-        print(f"audit tail failed: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     for record in records:
         print(json.dumps(record_json(record)) if args.json else _record_line(record))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def record_json(record: AuditRecord) -> dict[str, Any]:
@@ -158,7 +154,7 @@ def _record_line(record: AuditRecord) -> str:
 
 
 def _iso(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9, UTC).isoformat(timespec="microseconds")
+    return utc_iso(datetime.fromtimestamp(time_ns / 1e9, UTC), "microseconds")
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 
@@ -41,6 +42,7 @@ from signer.v1 import signing_pb2, signing_pb2_grpc
 
 DEFAULT_MAX_BATCH = 10_000
 _T = TypeVar("_T")
+StrPath: TypeAlias = str | os.PathLike[str]
 _MESSAGE_LIMIT = 64 * 1024 * 1024
 
 
@@ -57,13 +59,22 @@ class SigningKeyInfo:
     key_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TlsFiles:
-    """PEM files of the client's mTLS identity and of the CA that issued the server's cert."""
+    """PEM files of the client's mTLS identity and of the CA that issued the server's cert.
+
+    Paths may be given as ``str`` or any path-like; they are kept as :class:`Path`.
+    """
 
     ca: Path
     cert: Path
     key: Path
+
+    def __init__(self, ca: StrPath, cert: StrPath, key: StrPath) -> None:
+        for name, value in (("ca", ca), ("cert", cert), ("key", key)):
+            if not isinstance(value, str | os.PathLike):
+                raise TypeError(f"TlsFiles {name} must be a path, got {type(value).__name__}")
+            object.__setattr__(self, name, Path(value))
 
 
 def channel_target(targets: Sequence[str]) -> str:

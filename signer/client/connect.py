@@ -9,8 +9,12 @@ from pathlib import Path
 
 import grpc
 
+from signer.cli_exit import UsageError
 from signer.client.client import SignerClient, TlsFiles, open_channel
 from signer.config import Settings, load
+from signer.errors import ConfigError
+
+DEV_IDENTITIES = ("issuer", "officer", "officer2", "auditor")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +35,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--as",
         dest="identity",
         default=None,
-        help="dev client certificate to use (issuer, officer, officer2, auditor)",
+        help=f"dev client certificate to use ({', '.join(DEV_IDENTITIES)})",
     )
 
 
@@ -48,30 +52,61 @@ class Connection:
     server_name: str | None
 
 
+def targets(args: argparse.Namespace, settings: Settings | None = None) -> list[str]:
+    """The appliance addresses the arguments point at (``--target``, else the config's)."""
+    given = list(getattr(args, "target", None) or [])
+    if given:
+        return given
+    settings = settings or _settings(args)
+    if settings is None:
+        raise UsageError("say where the appliance is: --config FILE or --target HOST:PORT")
+    host, _, port = settings.server.listen.rpartition(":")
+    host = "127.0.0.1" if _unspecified(host) else host
+    return [f"{host}:{port}"]
+
+
 def connection(args: argparse.Namespace, role: str) -> Connection:
     """The targets, TLS files and server name for a tool acting in ``role``."""
     settings = _settings(args)
-    targets = list(args.target or [])
-    if not targets:
-        if settings is None:
-            raise SystemExit("say where the appliance is: --config FILE or --target HOST:PORT")
-        host, _, port = settings.server.listen.rpartition(":")
-        host = "127.0.0.1" if _unspecified(host) else host
-        targets = [f"{host}:{port}"]
+    found = targets(args, settings)
     name = args.server_name or None
     if args.cert or args.key or args.ca:
         if not (args.cert and args.key and args.ca):
-            raise SystemExit("mTLS needs --ca, --cert and --key together")
-        return Connection(targets, TlsFiles(ca=args.ca, cert=args.cert, key=args.key), name)
+            raise UsageError("mTLS needs --ca, --cert and --key together")
+        return Connection(found, TlsFiles(ca=args.ca, cert=args.cert, key=args.key), name)
     if settings is not None and settings.server.tls.enabled and settings.client.cert_dir:
-        identity = args.identity or role
-        folder = settings.client.cert_dir
-        assert settings.client.ca is not None
-        tls = TlsFiles(
-            ca=settings.client.ca, cert=folder / f"{identity}.pem", key=folder / f"{identity}.key"
+        tls = _dev_identity(settings, args.identity, role)
+        return Connection(found, tls, name or settings.client.server_name)
+    if args.identity:
+        raise UsageError(
+            f"--as {args.identity}: the configuration has no client certificates"
+            " (needs [server.tls] and [client] cert_dir)"
         )
-        return Connection(targets, tls, name or settings.client.server_name)
-    return Connection(targets, None, None)
+    return Connection(found, None, None)
+
+
+def _dev_identity(settings: Settings, identity: str | None, role: str) -> TlsFiles:
+    """The client certificate ``--as identity`` (default: the one named after ``role``)."""
+    folder = settings.client.cert_dir
+    ca = settings.client.ca
+    assert folder is not None
+    if ca is None or not ca.is_file():
+        raise ConfigError(
+            f"{settings.source}: [client] ca {ca} does not exist (dev: `make setup` creates it)"
+        )
+    name = identity or role
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    if cert.is_file() and key.is_file():
+        return TlsFiles(ca=ca, cert=cert, key=key)
+    if identity:
+        raise UsageError(
+            f"--as {identity}: no client certificate {cert.name} and {key.name} in {folder}"
+            f" (dev identities: {', '.join(DEV_IDENTITIES)})"
+        )
+    raise ConfigError(
+        f"{settings.source}: no client certificate for role {role} in [client] cert_dir"
+        f" {folder} (dev: `make setup` creates {cert.name}; or pick one with --as)"
+    )
 
 
 def make_client(args: argparse.Namespace, role: str = "issuer") -> SignerClient:

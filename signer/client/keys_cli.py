@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from signer.cli_args import ISO_TIME_HELP, iso_time, utc_iso
 from signer.client.connect import add_connection_options, make_channel, make_client
 from signer.client.errors import from_rpc_error
 from signer.dcc.trust import trust_list_entry, write_trust_list
@@ -29,34 +30,40 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         parser.set_defaults(func=run)
         return parser
 
+    key_id_help = "key id, as `signer keys list` shows it"
     command("list", "list keys with state, kid and validity", _list).add_argument(
-        "--profile", default=""
+        "--profile", default="", help="only keys of this profile (default: all)"
     )
     p = command("generate", "generate a key in the HSM and write its CSR", _generate)
-    p.add_argument("--profile", required=True)
-    p.add_argument("--label", required=True)
+    p.add_argument("--profile", required=True, help="certificate profile, e.g. vaccination")
+    p.add_argument("--label", required=True, help="name of the key, e.g. 2027-H1")
     p.add_argument("--csr-out", type=Path, required=True, help="where to write the CSR (PEM)")
     p = command("csr", "write a pending key's CSR again", _csr)
-    p.add_argument("key_id")
-    p.add_argument("--csr-out", type=Path, required=True)
+    p.add_argument("key_id", help=key_id_help)
+    p.add_argument("--csr-out", type=Path, required=True, help="where to write the CSR (PEM)")
     p = command("import-cert", "import the DSC the CSCA issued for a key", _import)
-    p.add_argument("key_id")
+    p.add_argument("key_id", help=key_id_help)
     p.add_argument("certificate", type=Path, help="DSC, PEM or DER")
     p = command("activate", "schedule a key's activation (needs approval)", _activate)
-    p.add_argument("key_id")
-    p.add_argument("--at", help="ISO 8601 time the key takes over (default: on approval)")
+    p.add_argument("key_id", help=key_id_help)
+    p.add_argument(
+        "--at",
+        type=iso_time,
+        metavar="TIME",
+        help=f"time the key takes over (default: on approval); {ISO_TIME_HELP}",
+    )
     p = command("approve", "approve another officer's pending change", _approve)
-    p.add_argument("change_id")
+    p.add_argument("change_id", help="change id, as `signer keys changes` shows it")
     p = command("retire", "stop a key from signing (needs approval)", _retire)
-    p.add_argument("key_id")
-    p.add_argument("--reason", default="")
+    p.add_argument("key_id", help=key_id_help)
+    p.add_argument("--reason", default="", help="why, for the audit log")
     p = command("destroy", "delete a retired key's private key (needs approval)", _destroy)
-    p.add_argument("key_id")
+    p.add_argument("key_id", help=key_id_help)
     p.add_argument("--force", action="store_true", help="before its DSC expired")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="why, for the audit log (needed with --force)")
     command("changes", "list changes waiting for approval", _changes)
     p = command("trust-list", "write the trust list (JSON) verifiers need", _trust_list)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="where to write the trust list")
 
 
 def _stub(args: argparse.Namespace) -> key_admin_pb2_grpc.KeyAdminStub:
@@ -67,11 +74,11 @@ def _call(rpc: Any, request: Any) -> Any:
     try:
         return rpc(request, timeout=60)
     except grpc.RpcError as error:
-        raise SystemExit(f"refused: {from_rpc_error(error)}") from None
+        raise from_rpc_error(error) from None
 
 
 def _time(ts: Timestamp, present: bool) -> str:
-    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds") if present else ""
+    return utc_iso(ts.ToDatetime(tzinfo=UTC)) if present else ""
 
 
 def key_json(key: key_admin_pb2.KeyInfo) -> dict[str, Any]:
@@ -190,11 +197,8 @@ def _outcome(args: argparse.Namespace, reply: key_admin_pb2.ChangeResponse) -> i
 
 def _activate(args: argparse.Namespace) -> int:
     request = key_admin_pb2.ActivateRequest(key_id=args.key_id, officer=args.officer)
-    if args.at:
-        at = datetime.fromisoformat(args.at)
-        if at.tzinfo is None:
-            raise SystemExit("--at needs a time zone, e.g. 2026-12-01T08:00:00+07:00")
-        request.activate_at.FromDatetime(at.astimezone(UTC))
+    if args.at is not None:
+        request.activate_at.FromDatetime(args.at)
     return _outcome(args, _call(_stub(args).Activate, request))
 
 

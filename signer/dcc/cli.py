@@ -1,13 +1,14 @@
-"""``signer issue`` and ``signer verify``: argparse subcommands for the DCC layer.
+"""``signer dcc issue`` and ``signer dcc verify``: argparse subcommands for the DCC layer.
 
-The lead's entry point registers them with :func:`add_subcommands` and dispatches with
-``return args.func(args)``; every handler returns the process exit code. ``issue`` reaches the
-daemon only through the object ``make_signer(args)`` returns (see :class:`SigningService`);
-if that object has a ``close()`` method it is called when the command ends. ``verify`` needs no
-daemon at all.
+:mod:`signer.cli` registers them with :func:`add_subcommands` and runs ``args.func(args)``.
+A handler returns an :class:`signer.cli_exit.ExitCode` for what it printed itself and raises
+a typed error for anything else. ``issue`` reaches the daemon only through the object
+``make_signer(args)`` returns (see :class:`SigningService`); if that object has a ``close()``
+method it is called when the command ends. ``verify`` needs no daemon at all.
 
-Exit codes: 0 success; 1 some certificate invalid (verify) or some record refused (batch
-issue); 2 the command could not run (bad input file, signer error, unusable DSC).
+Exit codes: OK; REFUSED when some certificate is invalid (verify) or some record of a batch
+was refused (issue); USAGE for a bad record, option or input file; the daemon's refusals and
+unavailability as in :class:`signer.cli_exit.ExitCode`.
 """
 
 import argparse
@@ -19,6 +20,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
 
+from signer.cli_args import ISO_TIME_HELP, iso_time, positive_int, utc_iso
+from signer.cli_exit import ExitCode, UsageError, note
 from signer.dcc.errors import DccError
 from signer.dcc.hc1 import hc1_lines
 from signer.dcc.issue import (
@@ -32,7 +35,6 @@ from signer.dcc.issue import prepare_one as _prepare_one
 from signer.dcc.qr import write_qr
 from signer.dcc.trust import TrustStore
 from signer.dcc.verify import verify
-from signer.errors import SignerError
 
 
 class SigningService(Protocol):
@@ -68,9 +70,14 @@ def add_subcommands(
     issue_parser.add_argument(
         "--issuer-country", help="CWT iss and UVCI country (default: the DSC's subject C)"
     )
-    issue_parser.add_argument("--validity-days", type=int, default=365, help="QR lifetime")
     issue_parser.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="digests per signing call"
+        "--validity-days", type=positive_int, default=365, help="QR lifetime in days"
+    )
+    issue_parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="digests per signing call",
     )
     issue_parser.add_argument(
         "--allow-dose-beyond-series",
@@ -88,26 +95,42 @@ def add_subcommands(
     trust = verify_parser.add_mutually_exclusive_group(required=True)
     trust.add_argument("--cert", type=Path, help="trusted DSC (PEM or DER)")
     trust.add_argument("--trust-list", type=Path, help="trust-list JSON")
-    verify_parser.add_argument("--at", type=int, help="UNIX time for the expiry check")
+    verify_parser.add_argument(
+        "--at",
+        type=iso_time,
+        metavar="TIME",
+        help=f"time for the expiry check (default: now); {ISO_TIME_HELP}",
+    )
     verify_parser.add_argument("hc1", nargs="+", help="HC1 strings, or - for one per stdin line")
     verify_parser.set_defaults(func=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    source = args.cert or args.trust_list
     try:
-        source = args.cert or args.trust_list
         store = TrustStore.load(source)
-    except (DccError, OSError) as exc:
-        print(f"error: cannot load trust: {exc}", file=sys.stderr)
-        return 2
-    for note in store.skipped:
-        print(f"warning: trust list {note}", file=sys.stderr)
+    except DccError as exc:
+        raise UsageError(f"cannot load trust from {source}: {exc}") from exc
+    for skipped in store.skipped:
+        note(f"warning: trust list {skipped}")
     all_valid = True
     for hc1 in _hc1_inputs(args.hc1, sys.stdin):
         result = verify(hc1, store, at=args.at)
         all_valid = all_valid and result.signature_valid
-        print(json.dumps(result.to_json(), ensure_ascii=False, default=str), flush=True)
-    return 0 if all_valid else 1
+        output = _with_iso_times(result.to_json())
+        print(json.dumps(output, ensure_ascii=False, default=str), flush=True)
+    return ExitCode.OK if all_valid else ExitCode.REFUSED
+
+
+def _with_iso_times(claims: dict[str, Any]) -> dict[str, Any]:
+    """``claims`` plus ``issued_at``/``expires_at``: its ``iat``/``exp`` as ISO 8601 UTC."""
+    out = dict(claims)
+    for numeric, readable in (("iat", "issued_at"), ("exp", "expires_at")):
+        value = claims.get(numeric)
+        out[readable] = (
+            utc_iso(dt.datetime.fromtimestamp(value, dt.UTC)) if isinstance(value, int) else None
+        )
+    return out
 
 
 def _hc1_inputs(values: Sequence[str], stdin: TextIO) -> Iterator[str]:
@@ -131,7 +154,7 @@ class _Issuer:
         key = IssuingKey.from_dsc(kid, dsc_der)
         country = args.issuer_country or key.country
         if not country:
-            raise DccError("the DSC has no subject country; pass --issuer-country")
+            raise UsageError("the DSC has no subject country; pass --issuer-country")
         self.country: str = country
         self.iat = dt.datetime.now(dt.UTC)
         self.chunks = ChunkSigner(signer, key, profile=args.profile, verify=True)
@@ -157,23 +180,15 @@ class _Issuer:
         rotations = self.chunks.rotations
         signed, hc1s = self.chunks.sign(prepared)
         if self.chunks.rotations != rotations:
-            print(
-                f"note: the signing key changed; now signing with kid {self.key.kid.hex()}",
-                file=sys.stderr,
-            )
+            note(f"the signing key changed; now signing with kid {self.key.kid.hex()}")
         return signed, hc1s
 
 
 def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
     if (args.record is None) == (args.batch is None):
-        print("error: give either RECORD.json or --batch RECORDS.jsonl", file=sys.stderr)
-        return 2
+        raise UsageError("give either RECORD.json or --batch RECORDS.jsonl")
     if args.batch is not None and args.out is None:
-        print("error: --batch needs --out OUT.jsonl", file=sys.stderr)
-        return 2
-    if args.chunk_size < 1 or args.validity_days < 1:
-        print("error: --chunk-size and --validity-days must be >= 1", file=sys.stderr)
-        return 2
+        raise UsageError("--batch needs --out OUT.jsonl")
     signer = None
     try:
         signer = make_signer(args)
@@ -181,9 +196,6 @@ def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
         if args.batch is not None:
             return _issue_batch(issuer, args.batch, args.out)
         return _issue_one(issuer, args.record)
-    except (SignerError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         close = getattr(signer, "close", None)
         if callable(close):
@@ -193,11 +205,17 @@ def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
 
 def _read_record(path: Path) -> Any:
     text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
 
 
 def _issue_one(issuer: _Issuer, path: Path) -> int:
-    prepared = issuer.prepare(_read_record(path))
+    try:
+        prepared = issuer.prepare(_read_record(path))
+    except DccError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
     (signed,), (hc1,) = issuer.sign([prepared])
     _warn_clipped(signed, issuer.key.not_after)
     if issuer.args.qr is not None:
@@ -206,26 +224,27 @@ def _issue_one(issuer: _Issuer, path: Path) -> int:
         print(json.dumps(_summary(signed, hc1), ensure_ascii=False))
     else:
         print(hc1)
-    return 0
+    return ExitCode.OK
 
 
 def _summary(prepared: PreparedCertificate, hc1: str) -> dict[str, Any]:
-    return {
-        "hc1": hc1,
-        "uvci": prepared.uvci,
-        "kid": prepared.kid.hex(),
-        "iat": prepared.iat,
-        "exp": prepared.exp,
-        "exp_clipped": prepared.exp_clipped,
-    }
+    return _with_iso_times(
+        {
+            "hc1": hc1,
+            "uvci": prepared.uvci,
+            "kid": prepared.kid.hex(),
+            "iat": prepared.iat,
+            "exp": prepared.exp,
+            "exp_clipped": prepared.exp_clipped,
+        }
+    )
 
 
 def _warn_clipped(prepared: PreparedCertificate, not_after: dt.datetime) -> None:
     if prepared.exp_clipped:
-        print(
-            f"warning: exp clipped to the DSC's notAfter {not_after.isoformat()}; "
-            "the certificate is valid for less than the requested period",
-            file=sys.stderr,
+        note(
+            f"warning: exp clipped to the DSC's notAfter {utc_iso(not_after)}; "
+            "the certificate is valid for less than the requested period"
         )
 
 
@@ -254,11 +273,11 @@ def _issue_batch(issuer: _Issuer, batch: Path, out_path: Path) -> int:
             done += len(chunk)
             refused += len(chunk) - len(ready)
             if total > chunk_size:
-                print(f"processed {done}/{total} ({100 * done // total}%)", file=sys.stderr)
+                note(f"processed {done}/{total} ({100 * done // total}%)")
     if refused:
-        print(f"{refused} of {total} records refused; see 'error' in {out_path}", file=sys.stderr)
-        return 1
-    return 0
+        note(f"{refused} of {total} records refused; see 'error' in {out_path}")
+        return ExitCode.REFUSED
+    return ExitCode.OK
 
 
 def _numbered_lines(source: IO[str]) -> Iterator[tuple[int, str]]:
