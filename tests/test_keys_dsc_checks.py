@@ -10,11 +10,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.x509.oid import NameOID
 
 from signer.errors import CertificateError, PolicyError
+from signer.keys.csr import build_csr
 from signer.keys.dsc_checks import DscLifetimeTooShort, check_dsc
-from signer.keys.issuance import issue_certificate, issue_dsc, issue_self_signed_csca
+from signer.keys.issuance import (
+    issue_certificate,
+    issue_dsc,
+    issue_dsc_from_csr,
+    issue_self_signed_csca,
+)
 from signer.keys.kid import kid_for_certificate
 from signer.keys.names import build_name
 from signer.keys.pem import certificate_pem
+from signer.keys.profiles import eku_for_profile
 from signer.sigformat import der_to_raw
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -22,6 +29,8 @@ YEAR = timedelta(days=365)
 SUBJECT = {"country_name": "VN", "organization_name": "Bo Y Te", "common_name": "DSC"}
 CSCA_SUBJECT = {"country_name": "VN", "common_name": "VN Dev CSCA"}
 VACCINATION = "1.3.6.1.4.1.1847.2021.1.2"
+SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+ANY_EKU = "2.5.29.37.0"
 
 Signer = Callable[[bytes], bytes]
 
@@ -87,7 +96,12 @@ def setup() -> Setup:
 
 
 def cryptography_dsc(
-    setup: Setup, public_key: object, *, sign_with: object = None, aki: bytes | None = None
+    setup: Setup,
+    public_key: object,
+    *,
+    sign_with: object = None,
+    aki: bytes | None = None,
+    extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> bytes:
     """A certificate built by cryptography, for shapes signer's own issuer refuses to build."""
     ca = x509.load_der_x509_certificate(setup.csca)
@@ -108,6 +122,8 @@ def cryptography_dsc(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier(aki, None, None), critical=False
         )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
     signer_key = sign_with or setup.csca_key
     cert = builder.sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
     return cert.public_bytes(serialization.Encoding.DER)
@@ -240,12 +256,102 @@ def test_matching_eku_in_current_and_old_forms_is_accepted(
     assert setup.check(setup.dsc(ekus=(eku,)), profile)
 
 
-def test_dsc_for_several_profiles_and_foreign_ekus_is_accepted(setup: Setup) -> None:
-    dsc = setup.dsc(ekus=("1.3.6.1.4.1.1847.2021.1.1", VACCINATION, "1.3.6.1.5.5.7.3.4"))
+def test_dsc_for_several_dcc_profiles_is_accepted_for_those_only(setup: Setup) -> None:
+    dsc = setup.dsc(ekus=("1.3.6.1.4.1.1847.2021.1.1", VACCINATION))
     assert setup.check(dsc, "test")
     assert setup.check(dsc, "vaccination")
     with pytest.raises(CertificateError, match=r"extended key usage check failed"):
         setup.check(dsc, "recovery")
+
+
+@pytest.mark.parametrize(
+    ("ekus", "named"),
+    [
+        ((SERVER_AUTH,), r"server_auth \(1\.3\.6\.1\.5\.5\.7\.3\.1\)"),
+        ((ANY_EKU,), r"any_extended_key_usage \(2\.5\.29\.37\.0\)"),
+        ((VACCINATION, SERVER_AUTH), r"server_auth"),
+        ((ANY_EKU, VACCINATION), r"any_extended_key_usage"),
+        (("1.3.6.1.4.1.0.1847.2021.1.2", "1.3.6.1.5.5.7.3.4"), r"email_protection"),
+        ((VACCINATION, "1.3.6.1.4.1.1847.2021.1.9"), r"1\.3\.6\.1\.4\.1\.1847\.2021\.1\.9"),
+    ],
+)
+def test_foreign_eku_is_refused_even_beside_the_right_dcc_eku(
+    setup: Setup, ekus: tuple[str, ...], named: str
+) -> None:
+    with pytest.raises(
+        CertificateError, match=rf"extended key usage check failed: the DSC allows {named}"
+    ):
+        setup.check(setup.dsc(ekus=ekus))
+
+
+def test_empty_eku_extension_is_refused(setup: Setup) -> None:
+    dsc = cryptography_dsc(
+        setup, setup.hsm_key.public_key(), extensions=(x509.ExtendedKeyUsage([]),)
+    )
+    with pytest.raises(CertificateError, match=r"extended key usage check failed: .* is empty"):
+        setup.check(dsc)
+
+
+def test_dsc_with_ca_true_is_refused(setup: Setup) -> None:
+    dsc = issue_certificate(
+        subject_name_der=build_name(SUBJECT),
+        subject_spki_der=setup.hsm_spki,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + 2 * YEAR,
+        sign=setup.csca_sign,
+        issuer_certificate_der=setup.csca,
+        is_ca=True,
+        key_usage={"digital_signature"},
+    )
+    with pytest.raises(CertificateError, match=r"basicConstraints check failed: .*CA:true"):
+        setup.check(dsc)
+
+
+def test_dsc_with_ca_false_is_accepted(setup: Setup) -> None:
+    dsc = cryptography_dsc(
+        setup,
+        setup.hsm_key.public_key(),
+        extensions=(x509.BasicConstraints(ca=False, path_length=None),),
+    )
+    assert setup.check(dsc)
+
+
+@pytest.mark.parametrize(
+    ("usages", "named"),
+    [
+        ({"key_cert_sign"}, "keyCertSign"),
+        ({"crl_sign"}, "cRLSign"),
+        ({"key_cert_sign", "crl_sign"}, "keyCertSign, cRLSign"),
+    ],
+)
+def test_dsc_with_ca_key_usage_is_refused(setup: Setup, usages: set[str], named: str) -> None:
+    dsc = issue_certificate(
+        subject_name_der=build_name(SUBJECT),
+        subject_spki_der=setup.hsm_spki,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + 2 * YEAR,
+        sign=setup.csca_sign,
+        issuer_certificate_der=setup.csca,
+        is_ca=False,
+        key_usage={"digital_signature", *usages},
+    )
+    with pytest.raises(CertificateError, match=rf"keyUsage check failed: .* allows {named},"):
+        setup.check(dsc)
+
+
+@pytest.mark.parametrize("profile", ["vaccination", "test", "recovery"])
+def test_dev_issued_dsc_from_csr_passes(setup: Setup, profile: str) -> None:
+    _key, spki, sign = software_key()
+    dsc = issue_dsc_from_csr(
+        csca_der=setup.csca,
+        csca_sign=setup.csca_sign,
+        csr=build_csr(spki, SUBJECT, sign),
+        not_before=NOW - timedelta(minutes=5),
+        not_after=NOW + 2 * YEAR,
+        extended_key_usages=(eku_for_profile(profile),),
+    )
+    info = check_dsc(dsc, spki, profile, NOW, setup.csca, YEAR)
+    assert info.ekus == (eku_for_profile(profile),)
 
 
 def test_unknown_profile_is_refused(setup: Setup) -> None:

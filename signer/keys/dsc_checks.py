@@ -11,7 +11,7 @@ from signer.errors import CertificateError
 from signer.keys.kid import kid_for_certificate
 from signer.keys.names import name_country, name_text
 from signer.keys.pem import load_certificate
-from signer.keys.profiles import profile_of_eku, require_profile
+from signer.keys.profiles import eku_for_profile, profile_of_eku, require_profile
 from signer.keys.spki import load_p256_spki
 from signer.keys.utc import require_utc
 
@@ -52,12 +52,31 @@ def _check_public_key(certificate: Any, expected_spki_der: bytes) -> bytes:
     return spki
 
 
+_CA_KEY_USAGES = {"key_cert_sign": "keyCertSign", "crl_sign": "cRLSign"}
+
+
+def _check_end_entity(certificate: Any) -> None:
+    constraints = certificate.basic_constraints_value
+    if constraints is not None and constraints["ca"].native:
+        raise CertificateError(
+            "basicConstraints check failed: the DSC is a CA certificate (CA:true), so its key "
+            "could certify other keys; ask the CSCA for a DSC without CA:true"
+        )
+
+
 def _check_key_usage(certificate: Any) -> None:
     key_usage = certificate.key_usage_value
     if key_usage is None or "digital_signature" not in key_usage.native:
         raise CertificateError(
             "keyUsage check failed: the DSC's keyUsage lacks digitalSignature; ask the CSCA "
             "for a DSC with keyUsage digitalSignature"
+        )
+    ca_usages = [name for usage, name in _CA_KEY_USAGES.items() if usage in key_usage.native]
+    if ca_usages:
+        raise CertificateError(
+            f"keyUsage check failed: the DSC's keyUsage allows {', '.join(ca_usages)}, which "
+            "belong to a CA, not to a document signer; ask the CSCA for a DSC with keyUsage "
+            "digitalSignature and without keyCertSign and cRLSign"
         )
 
 
@@ -85,17 +104,38 @@ def _check_validity(
         )
 
 
+def _eku_text(oid: Any) -> str:
+    dotted = str(oid.dotted)
+    name = str(oid.native)
+    return dotted if name == dotted else f"{name} ({dotted})"
+
+
 def _check_ekus(certificate: Any, profile: str) -> tuple[str, ...]:
     eku = certificate.extended_key_usage_value
-    oids = tuple(str(oid.dotted) for oid in eku) if eku is not None else ()
-    dcc_profiles = {p for p in (profile_of_eku(oid) for oid in oids) if p is not None}
-    if dcc_profiles and profile not in dcc_profiles:
+    if eku is None:
+        return ()
+    if len(eku) == 0:
+        raise CertificateError(
+            "extended key usage check failed: the DSC's extendedKeyUsage extension is empty "
+            "(RFC 5280 needs at least one purpose); ask the CSCA for a DSC with the DCC EKU of "
+            "the profile or without the extension"
+        )
+    foreign = [_eku_text(oid) for oid in eku if profile_of_eku(str(oid.dotted)) is None]
+    if foreign:
+        raise CertificateError(
+            f"extended key usage check failed: the DSC allows {', '.join(foreign)} besides or "
+            "instead of the DCC certificate types, so its key would be trusted for other "
+            "purposes too; ask the CSCA for a DSC whose extendedKeyUsage holds only DCC EKUs "
+            f"(such as {eku_for_profile(profile)} for {profile}) or no extendedKeyUsage at all"
+        )
+    dcc_profiles = {p for p in (profile_of_eku(str(oid.dotted)) for oid in eku) if p is not None}
+    if profile not in dcc_profiles:
         raise CertificateError(
             f"extended key usage check failed: the DSC is restricted to "
             f"{', '.join(sorted(dcc_profiles))} certificates but is imported for profile "
             f"{profile!r}; import it for the matching profile or request a DSC with that EKU"
         )
-    return oids
+    return tuple(str(oid.dotted) for oid in eku)
 
 
 def _check_issued_by_csca(certificate: Any, dsc_der: bytes, csca_der: bytes) -> None:
@@ -143,17 +183,25 @@ def check_dsc(
 ) -> DscInfo:
     """Check a DSC (PEM or DER) for import onto the HSM key ``expected_spki_der``.
 
-    Checks, in order: X.509 parse; EC P-256 key; key equal to the HSM key; keyUsage
-    digitalSignature; ``now`` inside the validity window; at least ``min_remaining`` validity
-    left (:class:`DscLifetimeTooShort`); a country (C) in the subject; DCC extended key usages,
-    when present, naming ``profile``; with ``csca_der``: issuer name, signature and AKI/SKI of
-    the CSCA. Each refusal is a :class:`CertificateError` whose message names the check.
+    Checks, in order: X.509 parse; EC P-256 key; key equal to the HSM key; an end-entity
+    certificate (no basicConstraints CA:true); keyUsage digitalSignature and neither
+    keyCertSign nor cRLSign; ``now`` inside the validity window; at least ``min_remaining``
+    validity left (:class:`DscLifetimeTooShort`); a country (C) in the subject; extended key
+    usages; with ``csca_der``: issuer name, signature and AKI/SKI of the CSCA. Each refusal is
+    a :class:`CertificateError` whose message names the check.
+
+    A DSC without an extendedKeyUsage extension is valid for every profile. A DSC with one
+    must list only DCC EKUs (current or older OID forms, see
+    :func:`signer.keys.profiles.profile_of_eku`), one of them for ``profile``; several DCC
+    profiles are fine. Any other EKU is refused even next to the right DCC EKU (serverAuth,
+    anyExtendedKeyUsage, ...): it would let the signing key be trusted beyond DCC signing.
     """
     require_profile(profile)
     moment = require_utc(now, "now")
     certificate = load_certificate(dsc)
     der = bytes(certificate.dump())
     spki = _check_public_key(certificate, expected_spki_der)
+    _check_end_entity(certificate)
     _check_key_usage(certificate)
     not_before = require_utc(certificate.not_valid_before, "DSC not_before")
     not_after = require_utc(certificate.not_valid_after, "DSC not_after")
