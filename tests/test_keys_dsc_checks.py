@@ -7,6 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from signer.errors import CertificateError, PolicyError
@@ -102,9 +103,13 @@ def cryptography_dsc(
     sign_with: object = None,
     aki: bytes | None = None,
     extensions: tuple[x509.ExtensionType, ...] = (),
+    csca: bytes | None = None,
 ) -> bytes:
-    """A certificate built by cryptography, for shapes signer's own issuer refuses to build."""
-    ca = x509.load_der_x509_certificate(setup.csca)
+    """A certificate built by cryptography, for shapes signer's own issuer refuses to build.
+
+    Issued by ``setup``'s CSCA unless ``csca`` (with its key in ``sign_with``) is given.
+    """
+    ca = x509.load_der_x509_certificate(csca or setup.csca)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]))
@@ -127,6 +132,48 @@ def cryptography_dsc(
     signer_key = sign_with or setup.csca_key
     cert = builder.sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+CSCA_KEY_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+"""keyCertSign and cRLSign, as the certificate governance asks of a CSCA."""
+
+
+def cryptography_csca(
+    key: CertificateIssuerPrivateKeyTypes,
+    *,
+    ca: bool = True,
+    key_usage: x509.KeyUsage | None = CSCA_KEY_USAGE,
+    not_before: datetime = NOW - 3 * YEAR,
+    not_after: datetime = NOW + 10 * YEAR,
+) -> bytes:
+    """A self-signed CSCA certificate built by cryptography, for keys and shapes of any kind."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "VN Test CSCA"),
+        ]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def check_with_csca(setup: Setup, key: CertificateIssuerPrivateKeyTypes, csca: bytes) -> object:
+    """Check a good DSC that ``key`` issued under ``csca``."""
+    dsc = cryptography_dsc(setup, setup.hsm_key.public_key(), sign_with=key, csca=csca)
+    return setup.check(dsc, csca_der=csca)
 
 
 def test_good_dsc_is_accepted_with_its_facts(setup: Setup) -> None:
@@ -373,7 +420,7 @@ def test_csca_with_same_name_but_other_key_is_refused(setup: Setup) -> None:
 
 def test_csca_that_is_not_a_ca_is_refused(setup: Setup) -> None:
     not_ca = setup.dsc()
-    with pytest.raises(CertificateError, match=r"CSCA check failed: .* not a CA"):
+    with pytest.raises(CertificateError, match=r"CSCA basicConstraints check failed: .* not a CA"):
         setup.check(setup.dsc(), csca_der=not_ca)
 
 
@@ -403,3 +450,92 @@ def test_no_csca_skips_issuer_checks(setup: Setup) -> None:
     assert setup.check(dsc, csca_der=None)
     with pytest.raises(CertificateError, match=r"CSCA signature check failed"):
         setup.check(dsc)
+
+
+@pytest.fixture(scope="module")
+def rsa_3072() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+def test_csca_with_p384_or_large_rsa_key_is_accepted(
+    setup: Setup, rsa_3072: rsa.RSAPrivateKey
+) -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    brainpool = ec.generate_private_key(ec.BrainpoolP256R1())
+    for key in (p256, p384, brainpool, rsa_3072):
+        assert check_with_csca(setup, key, cryptography_csca(key))
+
+
+@pytest.mark.parametrize(
+    ("make_key", "named"),
+    [
+        pytest.param(
+            lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "RSA 2048-bit",
+            id="rsa-2048",
+        ),
+        pytest.param(
+            lambda: rsa.generate_private_key(public_exponent=3, key_size=3072),
+            "RSA 3072-bit",
+            id="rsa-3072-exponent-3",
+        ),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP256K1()), "EC secp256k1", id="k1"),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP224R1()), "EC secp224r1", id="p224"),
+    ],
+)
+def test_csca_with_weak_or_unusual_key_is_refused(
+    setup: Setup, make_key: Callable[[], CertificateIssuerPrivateKeyTypes], named: str
+) -> None:
+    key = make_key()
+    with pytest.raises(
+        CertificateError,
+        match=rf"CSCA public key check failed: .* holds a {named} key, .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key))
+
+
+def test_csca_without_ca_true_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA basicConstraints check failed: .* not a CA .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key, ca=False))
+
+
+@pytest.mark.parametrize(
+    "key_usage",
+    [None, x509.KeyUsage(True, False, False, False, False, False, True, False, False)],
+)
+def test_csca_without_key_cert_sign_is_refused(
+    setup: Setup, key_usage: x509.KeyUsage | None
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA keyUsage check failed: .* lacks keyCertSign.*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key, key_usage=key_usage))
+
+
+def test_expired_csca_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csca = cryptography_csca(key, not_before=NOW - 5 * YEAR, not_after=NOW - timedelta(days=1))
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA validity check failed: the CSCA certificate expired at 2026-01-14T12:00:00"
+        r"\+00:00; .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, csca)
+
+
+def test_not_yet_valid_csca_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csca = cryptography_csca(key, not_before=NOW + timedelta(days=1))
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA validity check failed: the CSCA certificate is not valid yet .*"
+        r"\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, csca)
