@@ -7,14 +7,22 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from signer.errors import CertificateError, PolicyError
+from signer.keys.csr import build_csr
 from signer.keys.dsc_checks import DscLifetimeTooShort, check_dsc
-from signer.keys.issuance import issue_certificate, issue_dsc, issue_self_signed_csca
+from signer.keys.issuance import (
+    issue_certificate,
+    issue_dsc,
+    issue_dsc_from_csr,
+    issue_self_signed_csca,
+)
 from signer.keys.kid import kid_for_certificate
 from signer.keys.names import build_name
 from signer.keys.pem import certificate_pem
+from signer.keys.profiles import eku_for_profile
 from signer.sigformat import der_to_raw
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -22,6 +30,8 @@ YEAR = timedelta(days=365)
 SUBJECT = {"country_name": "VN", "organization_name": "Bo Y Te", "common_name": "DSC"}
 CSCA_SUBJECT = {"country_name": "VN", "common_name": "VN Dev CSCA"}
 VACCINATION = "1.3.6.1.4.1.1847.2021.1.2"
+SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+ANY_EKU = "2.5.29.37.0"
 
 Signer = Callable[[bytes], bytes]
 
@@ -87,10 +97,19 @@ def setup() -> Setup:
 
 
 def cryptography_dsc(
-    setup: Setup, public_key: object, *, sign_with: object = None, aki: bytes | None = None
+    setup: Setup,
+    public_key: object,
+    *,
+    sign_with: object = None,
+    aki: bytes | None = None,
+    extensions: tuple[x509.ExtensionType, ...] = (),
+    csca: bytes | None = None,
 ) -> bytes:
-    """A certificate built by cryptography, for shapes signer's own issuer refuses to build."""
-    ca = x509.load_der_x509_certificate(setup.csca)
+    """A certificate built by cryptography, for shapes signer's own issuer refuses to build.
+
+    Issued by ``setup``'s CSCA unless ``csca`` (with its key in ``sign_with``) is given.
+    """
+    ca = x509.load_der_x509_certificate(csca or setup.csca)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]))
@@ -108,9 +127,53 @@ def cryptography_dsc(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier(aki, None, None), critical=False
         )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
     signer_key = sign_with or setup.csca_key
     cert = builder.sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+CSCA_KEY_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+"""keyCertSign and cRLSign, as the certificate governance asks of a CSCA."""
+
+
+def cryptography_csca(
+    key: CertificateIssuerPrivateKeyTypes,
+    *,
+    ca: bool = True,
+    key_usage: x509.KeyUsage | None = CSCA_KEY_USAGE,
+    not_before: datetime = NOW - 3 * YEAR,
+    not_after: datetime = NOW + 10 * YEAR,
+) -> bytes:
+    """A self-signed CSCA certificate built by cryptography, for keys and shapes of any kind."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "VN Test CSCA"),
+        ]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def check_with_csca(setup: Setup, key: CertificateIssuerPrivateKeyTypes, csca: bytes) -> object:
+    """Check a good DSC that ``key`` issued under ``csca``."""
+    dsc = cryptography_dsc(setup, setup.hsm_key.public_key(), sign_with=key, csca=csca)
+    return setup.check(dsc, csca_der=csca)
 
 
 def test_good_dsc_is_accepted_with_its_facts(setup: Setup) -> None:
@@ -240,12 +303,102 @@ def test_matching_eku_in_current_and_old_forms_is_accepted(
     assert setup.check(setup.dsc(ekus=(eku,)), profile)
 
 
-def test_dsc_for_several_profiles_and_foreign_ekus_is_accepted(setup: Setup) -> None:
-    dsc = setup.dsc(ekus=("1.3.6.1.4.1.1847.2021.1.1", VACCINATION, "1.3.6.1.5.5.7.3.4"))
+def test_dsc_for_several_dcc_profiles_is_accepted_for_those_only(setup: Setup) -> None:
+    dsc = setup.dsc(ekus=("1.3.6.1.4.1.1847.2021.1.1", VACCINATION))
     assert setup.check(dsc, "test")
     assert setup.check(dsc, "vaccination")
     with pytest.raises(CertificateError, match=r"extended key usage check failed"):
         setup.check(dsc, "recovery")
+
+
+@pytest.mark.parametrize(
+    ("ekus", "named"),
+    [
+        ((SERVER_AUTH,), r"server_auth \(1\.3\.6\.1\.5\.5\.7\.3\.1\)"),
+        ((ANY_EKU,), r"any_extended_key_usage \(2\.5\.29\.37\.0\)"),
+        ((VACCINATION, SERVER_AUTH), r"server_auth"),
+        ((ANY_EKU, VACCINATION), r"any_extended_key_usage"),
+        (("1.3.6.1.4.1.0.1847.2021.1.2", "1.3.6.1.5.5.7.3.4"), r"email_protection"),
+        ((VACCINATION, "1.3.6.1.4.1.1847.2021.1.9"), r"1\.3\.6\.1\.4\.1\.1847\.2021\.1\.9"),
+    ],
+)
+def test_foreign_eku_is_refused_even_beside_the_right_dcc_eku(
+    setup: Setup, ekus: tuple[str, ...], named: str
+) -> None:
+    with pytest.raises(
+        CertificateError, match=rf"extended key usage check failed: the DSC allows {named}"
+    ):
+        setup.check(setup.dsc(ekus=ekus))
+
+
+def test_empty_eku_extension_is_refused(setup: Setup) -> None:
+    dsc = cryptography_dsc(
+        setup, setup.hsm_key.public_key(), extensions=(x509.ExtendedKeyUsage([]),)
+    )
+    with pytest.raises(CertificateError, match=r"extended key usage check failed: .* is empty"):
+        setup.check(dsc)
+
+
+def test_dsc_with_ca_true_is_refused(setup: Setup) -> None:
+    dsc = issue_certificate(
+        subject_name_der=build_name(SUBJECT),
+        subject_spki_der=setup.hsm_spki,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + 2 * YEAR,
+        sign=setup.csca_sign,
+        issuer_certificate_der=setup.csca,
+        is_ca=True,
+        key_usage={"digital_signature"},
+    )
+    with pytest.raises(CertificateError, match=r"basicConstraints check failed: .*CA:true"):
+        setup.check(dsc)
+
+
+def test_dsc_with_ca_false_is_accepted(setup: Setup) -> None:
+    dsc = cryptography_dsc(
+        setup,
+        setup.hsm_key.public_key(),
+        extensions=(x509.BasicConstraints(ca=False, path_length=None),),
+    )
+    assert setup.check(dsc)
+
+
+@pytest.mark.parametrize(
+    ("usages", "named"),
+    [
+        ({"key_cert_sign"}, "keyCertSign"),
+        ({"crl_sign"}, "cRLSign"),
+        ({"key_cert_sign", "crl_sign"}, "keyCertSign, cRLSign"),
+    ],
+)
+def test_dsc_with_ca_key_usage_is_refused(setup: Setup, usages: set[str], named: str) -> None:
+    dsc = issue_certificate(
+        subject_name_der=build_name(SUBJECT),
+        subject_spki_der=setup.hsm_spki,
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + 2 * YEAR,
+        sign=setup.csca_sign,
+        issuer_certificate_der=setup.csca,
+        is_ca=False,
+        key_usage={"digital_signature", *usages},
+    )
+    with pytest.raises(CertificateError, match=rf"keyUsage check failed: .* allows {named},"):
+        setup.check(dsc)
+
+
+@pytest.mark.parametrize("profile", ["vaccination", "test", "recovery"])
+def test_dev_issued_dsc_from_csr_passes(setup: Setup, profile: str) -> None:
+    _key, spki, sign = software_key()
+    dsc = issue_dsc_from_csr(
+        csca_der=setup.csca,
+        csca_sign=setup.csca_sign,
+        csr=build_csr(spki, SUBJECT, sign),
+        not_before=NOW - timedelta(minutes=5),
+        not_after=NOW + 2 * YEAR,
+        extended_key_usages=(eku_for_profile(profile),),
+    )
+    info = check_dsc(dsc, spki, profile, NOW, setup.csca, YEAR)
+    assert info.ekus == (eku_for_profile(profile),)
 
 
 def test_unknown_profile_is_refused(setup: Setup) -> None:
@@ -267,7 +420,7 @@ def test_csca_with_same_name_but_other_key_is_refused(setup: Setup) -> None:
 
 def test_csca_that_is_not_a_ca_is_refused(setup: Setup) -> None:
     not_ca = setup.dsc()
-    with pytest.raises(CertificateError, match=r"CSCA check failed: .* not a CA"):
+    with pytest.raises(CertificateError, match=r"CSCA basicConstraints check failed: .* not a CA"):
         setup.check(setup.dsc(), csca_der=not_ca)
 
 
@@ -297,3 +450,92 @@ def test_no_csca_skips_issuer_checks(setup: Setup) -> None:
     assert setup.check(dsc, csca_der=None)
     with pytest.raises(CertificateError, match=r"CSCA signature check failed"):
         setup.check(dsc)
+
+
+@pytest.fixture(scope="module")
+def rsa_3072() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+def test_csca_with_p384_or_large_rsa_key_is_accepted(
+    setup: Setup, rsa_3072: rsa.RSAPrivateKey
+) -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    brainpool = ec.generate_private_key(ec.BrainpoolP256R1())
+    for key in (p256, p384, brainpool, rsa_3072):
+        assert check_with_csca(setup, key, cryptography_csca(key))
+
+
+@pytest.mark.parametrize(
+    ("make_key", "named"),
+    [
+        pytest.param(
+            lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "RSA 2048-bit",
+            id="rsa-2048",
+        ),
+        pytest.param(
+            lambda: rsa.generate_private_key(public_exponent=3, key_size=3072),
+            "RSA 3072-bit",
+            id="rsa-3072-exponent-3",
+        ),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP256K1()), "EC secp256k1", id="k1"),
+        pytest.param(lambda: ec.generate_private_key(ec.SECP224R1()), "EC secp224r1", id="p224"),
+    ],
+)
+def test_csca_with_weak_or_unusual_key_is_refused(
+    setup: Setup, make_key: Callable[[], CertificateIssuerPrivateKeyTypes], named: str
+) -> None:
+    key = make_key()
+    with pytest.raises(
+        CertificateError,
+        match=rf"CSCA public key check failed: .* holds a {named} key, .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key))
+
+
+def test_csca_without_ca_true_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA basicConstraints check failed: .* not a CA .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key, ca=False))
+
+
+@pytest.mark.parametrize(
+    "key_usage",
+    [None, x509.KeyUsage(True, False, False, False, False, False, True, False, False)],
+)
+def test_csca_without_key_cert_sign_is_refused(
+    setup: Setup, key_usage: x509.KeyUsage | None
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA keyUsage check failed: .* lacks keyCertSign.*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, cryptography_csca(key, key_usage=key_usage))
+
+
+def test_expired_csca_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csca = cryptography_csca(key, not_before=NOW - 5 * YEAR, not_after=NOW - timedelta(days=1))
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA validity check failed: the CSCA certificate expired at 2026-01-14T12:00:00"
+        r"\+00:00; .*\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, csca)
+
+
+def test_not_yet_valid_csca_is_refused(setup: Setup) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csca = cryptography_csca(key, not_before=NOW + timedelta(days=1))
+    with pytest.raises(
+        CertificateError,
+        match=r"CSCA validity check failed: the CSCA certificate is not valid yet .*"
+        r"\[keys\] csca_cert",
+    ):
+        check_with_csca(setup, key, csca)
