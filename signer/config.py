@@ -13,10 +13,11 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from signer.errors import ConfigError
@@ -41,6 +42,7 @@ _NAME_FORMS = {"CN=": "common name", "URI:": "SAN URI", "DNS:": "SAN DNS name"}
 _FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNTRY = re.compile(r"[A-Z]{2}")
+_PERSON = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SHOWN_CHARS = 60
 _HIDDEN = object()
 
@@ -111,6 +113,8 @@ class KeySettings:
     overlap: timedelta = timedelta(minutes=10)
     warn_before: timedelta = timedelta(days=30)
     approvals_required: int = 2
+    revoke_approvals: int = 1
+    """Revoking stops a key (the safe direction), so by default one officer suffices."""
     change_ttl: timedelta = timedelta(hours=24)
     refresh_interval: timedelta = timedelta(seconds=2)
     csca_cert: Path | None = None
@@ -190,6 +194,9 @@ class Settings:
     log: LogSettings
     profiles: tuple[str, ...] = ("vaccination",)
     client: ClientSettings = field(default_factory=ClientSettings)
+    officers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Security officers as persons: name -> the certificate identities that person uses.
+    Every listed identity holds the officer role; dual control counts persons."""
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -213,6 +220,7 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
     """
     problems: list[str] = []
     reader = _Reader(raw, source, problems)
+    officers = _officers(reader.table("officers"))
     settings = _build(
         Settings,
         source=source,
@@ -221,11 +229,12 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         keys=_keys(reader.table("keys")),
         audit=_audit(reader.table("audit")),
         metrics=_build(MetricsSettings, listen=reader.table("metrics").text("listen")),
-        roles=_roles(reader.table("roles")),
+        roles=_roles(reader.table("roles"), officers),
         quota=_quota(reader.table("quota")),
         log=_log(reader.table("log")),
         profiles=_tuple(reader.str_list("profiles")),
         client=_client(reader.table("client")),
+        officers=MappingProxyType(officers),
     )
     reader.reject_unknown()
     problems += _profile_problems(settings.profiles)
@@ -497,6 +506,10 @@ class _Reader:
         value = self.number(key, minimum, longest / unit)
         return None if value is None else value * unit
 
+    def names(self) -> list[str]:
+        """The keys this table holds (for tables whose keys are names, like ``[officers]``)."""
+        return sorted(self._data)
+
     def str_list(self, key: str) -> list[str] | None:
         value: list[Any] | None = self._get(key, list, None)
         if value is None:
@@ -588,6 +601,7 @@ def _keys(t: _Reader) -> KeySettings:
         overlap=t.duration("overlap_minutes", _MINUTE, 0),
         warn_before=t.duration("warn_before_days", _DAY, 0),
         approvals_required=t.whole("approvals_required", 1, 10),
+        revoke_approvals=t.whole("revoke_approvals", 1, 10),
         change_ttl=t.duration("change_ttl_minutes", _MINUTE, 1),
         refresh_interval=t.duration("refresh_seconds", _SECOND, 0.1, longest=_HOUR),
         csca_cert=t.path("csca_cert"),
@@ -612,15 +626,51 @@ def _audit(t: _Reader) -> AuditSettings:
     return replace(audit, directory=t.resolve(audit.directory))
 
 
-def _roles(t: _Reader) -> RoleSettings:
-    allow_shared = t.flag("allow_shared_identities")
-    lists = {role: t.str_list(role) for role in _ROLES}
-    first_role: dict[str, str] = {}
-    for role, identities in lists.items():
-        for identity in identities or []:
+def _officers(t: _Reader) -> dict[str, tuple[str, ...]]:
+    """``[officers]``: person name -> identities; one identity belongs to one person only."""
+    persons: dict[str, tuple[str, ...]] = {}
+    owner: dict[str, str] = {}
+    for person in t.names():
+        identities = t.str_list(person)
+        if not _PERSON.fullmatch(person):
+            t.problem(person, "a person's name is 1-64 lower-case letters, digits, '.', '_', '-'")
+            continue
+        if not identities:
+            t.missing(person, "the certificate identities this person uses, e.g. ['CN=alice']")
+            continue
+        for identity in identities:
             problem = identity_problem(identity)
             if problem:
-                t.problem(role, f"{_show(identity)}: {problem}")
+                t.problem(person, f"{_show(identity)}: {problem}")
+                continue
+            other = owner.setdefault(normalise(identity), person)
+            if other != person:
+                t.problem(
+                    person,
+                    f"{_show(identity)} is also listed for {other}: one certificate identity"
+                    " belongs to one person, or dual control could be one person twice",
+                )
+        persons[person] = tuple(identities)
+    return persons
+
+
+def _roles(t: _Reader, officers: Mapping[str, tuple[str, ...]]) -> RoleSettings:
+    allow_shared = t.flag("allow_shared_identities")
+    t.forbid(
+        "officer",
+        "officers are persons now: list each under [officers] as name = [identities],"
+        " so that dual control counts people, not certificates",
+    )
+    from_officers = [identity for ids in officers.values() for identity in ids]
+    lists = {
+        role: from_officers if role == "officer" else t.str_list(role) or [] for role in _ROLES
+    }
+    first_role: dict[str, str] = {}
+    for role, identities in lists.items():
+        for identity in identities:
+            if identity_problem(identity):
+                if role != "officer":  # officer identities were checked in [officers]
+                    t.problem(role, f"{_show(identity)}: {identity_problem(identity)}")
                 continue
             other = first_role.setdefault(normalise(identity), role)
             if other != role and not allow_shared:

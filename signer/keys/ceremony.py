@@ -1,27 +1,39 @@
 """Officer operations that change keys: generate, import a DSC, request and approve changes.
 
-Every write to the record store is conditional on the generation last read, so two officers
-acting through two appliances on one store cannot both apply one change: the second write gets
-:class:`~signer.errors.StoreConflict` (ABORTED) and changes nothing. A change that needs a
-second officer is stored as a pending change; the approval that completes it first *claims*
-it (a conditional delete) and only then applies it, so it is applied exactly once.
+A change is a :class:`~signer.keys.governance.ChangeDocument` the requesting officer signs;
+approvers sign the same document (:mod:`signer.keys.governance`). The signatures are checked
+here when they arrive, and the signed change is stored with the key record it justifies, so
+that every daemon re-verifies it on every load. Every write to the record store is conditional
+on the generation last read, so two officers acting through two appliances on one store cannot
+both apply one change: the second write gets :class:`~signer.errors.StoreConflict` (ABORTED)
+and changes nothing. The approval that completes a change first *claims* it (a conditional
+delete) and only then applies it, so it is applied exactly once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 from signer.config import KeySettings, Settings
-from signer.errors import KeyNotFound, PolicyError, StoreConflict
+from signer.errors import InvalidRequest, KeyNotFound, PermissionDenied, PolicyError, StoreConflict
 from signer.hsm.api import Token, digest_signer
 from signer.keys import dual_control, lifecycle
 from signer.keys.csr import build_csr
 from signer.keys.dsc_checks import check_dsc
+from signer.keys.dual_control import PendingChange, new_change_id
+from signer.keys.governance import (
+    Action,
+    ChangeDocument,
+    Endorsement,
+    SignedChange,
+    verify_endorsement,
+    verify_signed_change,
+)
 from signer.keys.lifecycle import KeyRecord, KeyState
 from signer.keys.pem import certificate_der
 from signer.keys.registry import KeyRegistry
@@ -33,10 +45,15 @@ log = logging.getLogger(__name__)
 LifecycleEvent = Callable[[str, Mapping[str, Any]], None]
 """Receives every lifecycle event (name, details); the daemon writes it to the audit log."""
 
-_APPLIED_EVENT: Mapping[dual_control.Action, str] = {
+DRAFT_WINDOW: Final = timedelta(minutes=15)
+"""How long a drafted change document may take to be signed and sent."""
+CLOCK_SKEW: Final = timedelta(minutes=1)
+
+_APPLIED_EVENT: Mapping[Action, str] = {
     "activate": "activation_scheduled",
     "retire": "retired",
     "destroy": "destroyed",
+    "revoke": "revoked",
 }
 
 
@@ -44,7 +61,7 @@ _APPLIED_EVENT: Mapping[dual_control.Action, str] = {
 class ChangeOutcome:
     """What an officer's request or approval did."""
 
-    change: dual_control.PendingChange
+    change: PendingChange
     applied: bool
     key: KeyView
 
@@ -60,6 +77,7 @@ class KeyCeremonies:
         settings: KeySettings,
         on_event: LifecycleEvent | None = None,
         csca_der: bytes | None = None,
+        reserved_labels: Iterable[str] = (),
     ) -> None:
         self.registry = registry
         self._token = token
@@ -67,6 +85,7 @@ class KeyCeremonies:
         self._settings = settings
         self._on_event = on_event or (lambda name, details: None)
         self._csca_der = csca_der
+        self._reserved = frozenset(reserved_labels)
         self._write_lock = threading.Lock()
 
     def _now(self) -> datetime:
@@ -82,21 +101,22 @@ class KeyCeremonies:
             raise KeyNotFound(f"no CSR stored for key {key_id}")
         return stored.value
 
-    def pending_changes(self) -> list[dual_control.PendingChange]:
+    def pending_changes(self) -> list[PendingChange]:
         """Changes waiting for approval (expired ones are dropped and reported)."""
         now = self._now()
         live = []
         for name, stored in self._store.load_all(RecordKind.CHANGE).items():
-            change = dual_control.PendingChange.from_cbor(stored.value)
+            change = self._pending(stored)
             if change.expires_at <= now:
                 self._drop_expired(name, stored, change)
                 continue
             live.append(change)
-        return sorted(live, key=lambda c: c.requested_at)
+        return sorted(live, key=lambda c: c.document.requested_at)
 
-    def _drop_expired(
-        self, name: str, stored: StoredRecord, change: dual_control.PendingChange
-    ) -> None:
+    def _pending(self, stored: StoredRecord) -> PendingChange:
+        return PendingChange.of(SignedChange.decode(stored.value), self._settings.change_ttl)
+
+    def _drop_expired(self, name: str, stored: StoredRecord, change: PendingChange) -> None:
         try:
             self._store.delete(RecordKind.CHANGE, name, stored.generation)
         except StoreConflict:
@@ -110,6 +130,11 @@ class KeyCeremonies:
         self.registry.snapshot.require_profile(profile)
         if not label or len(label) > 64 or not label.isprintable():
             raise PolicyError("a key label of 1 to 64 printable characters is required")
+        if label in self._reserved:
+            raise InvalidRequest(
+                f"label {label!r} is reserved for signer's own keys (audit, CSCA); choose"
+                " another label"
+            )
         with self._write_lock:
             generated = self._token.generate_key(label)
             record = lifecycle.generated(
@@ -161,75 +186,117 @@ class KeyCeremonies:
             self.registry.refresh()
             return self.registry.key(key_id)
 
-    def request_change(
+    def draft(
         self,
-        action: dual_control.Action,
+        action: Action,
         key_id: str,
-        officer: str,
-        params: Mapping[str, dual_control.ParamValue],
-    ) -> ChangeOutcome:
-        """Open a dual-control change; it applies at once when one approval is enough."""
+        person: str,
+        *,
+        activate_at: datetime | None = None,
+        reason: str = "",
+        force: bool = False,
+    ) -> ChangeDocument:
+        """The canonical document of a change ``person`` wants, for them to check and sign."""
+        record = self.registry.key(key_id).record
+        return ChangeDocument(
+            change_id=new_change_id(),
+            action=action,
+            key_id=key_id,
+            profile=record.profile,
+            requested_by=person,
+            requested_at=self._now(),
+            activate_at=activate_at,
+            reason=reason,
+            force=force,
+        )
+
+    def request_change(self, document: bytes, endorsement: Endorsement) -> ChangeOutcome:
+        """Open a change from its signed document; apply it at once when one person suffices."""
+        change = ChangeDocument.decode(document)
+        if endorsement.role != "request":
+            raise InvalidRequest("a change is requested with a request signature")
+        person = verify_endorsement(
+            endorsement, document, change.requested_at, self.registry.governance
+        )
+        if person != change.requested_by:
+            raise PermissionDenied(
+                f"change {change.change_id} names {change.requested_by!r} as requester, but"
+                f" {person} signed it; draft the change again as yourself"
+            )
+        self._check_fresh(change)
         with self._write_lock:
             self.registry.refresh()
-            record = self.registry.key(key_id).record
-            self._validate(action, record, params)
-            change = dual_control.request_change(
-                action=action,
-                key_id=key_id,
-                params=params,
-                requested_by=officer,
-                now=self._now(),
-                ttl=self._settings.change_ttl,
+            record = self.registry.key(change.key_id).record
+            if record.profile != change.profile:
+                raise PolicyError(
+                    f"change {change.change_id} names profile {change.profile!r}, but key"
+                    f" {record.key_id} serves {record.profile!r}"
+                )
+            self._validate(change, record)
+            pending = PendingChange.of(
+                SignedChange(document, (endorsement,)), self._settings.change_ttl
             )
-            self._event(
-                "change_requested",
-                change_id=change.change_id,
-                action=action,
-                key_id=key_id,
-                officer=officer,
-            )
-            if change.is_complete(self._settings.approvals_required):
-                return self._apply(change)
-            self._store.put(RecordKind.CHANGE, change.change_id, ABSENT, change.to_cbor())
-            return ChangeOutcome(change, False, self.registry.key(key_id))
+            self._event("change_requested", **_change_details(change, endorsement))
+            if pending.persons() >= self.registry.governance.required_for(change.action):
+                return self._apply(pending)
+            self._store.put(RecordKind.CHANGE, change.change_id, ABSENT, pending.signed.encode())
+            return ChangeOutcome(pending, False, self.registry.key(change.key_id))
 
-    def approve(self, change_id: str, officer: str) -> ChangeOutcome:
-        """Approve a pending change as a second officer; apply it when enough approved."""
+    def approve(self, change_id: str, endorsement: Endorsement) -> ChangeOutcome:
+        """Add a person's signed approval to a pending change; apply it when enough signed."""
+        if endorsement.role != "approve":
+            raise InvalidRequest("a change is approved with an approval signature")
         with self._write_lock:
             stored = self._store.load_all(RecordKind.CHANGE).get(change_id)
             if stored is None:
                 raise KeyNotFound(
                     f"no pending change {change_id[:40]!r}; it may have been applied or expired"
                 )
-            change = dual_control.PendingChange.from_cbor(stored.value)
+            pending = self._pending(stored)
             now = self._now()
-            if change.expires_at <= now:
-                self._drop_expired(change_id, stored, change)
+            if pending.expires_at <= now:
+                self._drop_expired(change_id, stored, pending)
+            person = verify_endorsement(
+                endorsement,
+                pending.signed.document,
+                pending.document.requested_at,
+                self.registry.governance,
+            )
+            endorsement = replace(endorsement, person=person)
             approved, complete = dual_control.approve(
-                change, officer, now, self._settings.approvals_required
+                pending, endorsement, now, self.registry.governance.required_for(pending.action)
             )
             if not complete:
-                self._store.put(RecordKind.CHANGE, change_id, stored.generation, approved.to_cbor())
-                self._approved(approved, officer)
-                return ChangeOutcome(approved, False, self.registry.key(change.key_id))
+                self._store.put(
+                    RecordKind.CHANGE, change_id, stored.generation, approved.signed.encode()
+                )
+                self._approved(approved, endorsement)
+                return ChangeOutcome(approved, False, self.registry.key(pending.key_id))
             self.registry.refresh()
             # A change that cannot apply now stays pending (it may apply later); one that can
             # is claimed first: of two racing approvals only one deletes it and applies it.
-            self._validate(
-                approved.action, self.registry.key(approved.key_id).record, approved.params
-            )
+            self._validate(approved.document, self.registry.key(approved.key_id).record)
             self._store.delete(RecordKind.CHANGE, change_id, stored.generation)
-            self._approved(approved, officer)
+            self._approved(approved, endorsement)
             return self._apply(approved)
 
-    def _approved(self, change: dual_control.PendingChange, officer: str) -> None:
+    def _approved(self, change: PendingChange, endorsement: Endorsement) -> None:
         self._event(
             "change_approved",
             change_id=change.change_id,
             action=change.action,
             key_id=change.key_id,
-            officer=officer,
+            officer=endorsement.person,
+            identity=endorsement.identity,
         )
+
+    def _check_fresh(self, change: ChangeDocument) -> None:
+        now = self._now()
+        if not now - DRAFT_WINDOW <= change.requested_at <= now + CLOCK_SKEW:
+            raise PolicyError(
+                f"change {change.change_id} was drafted at {change.requested_at.isoformat()};"
+                f" a draft must be signed and sent within {DRAFT_WINDOW}: draft it again"
+            )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -240,52 +307,61 @@ class KeyCeremonies:
     def _event(self, name: str, **details: Any) -> None:
         self._on_event(name, details)
 
-    def _validate(
-        self,
-        action: dual_control.Action,
-        record: KeyRecord,
-        params: Mapping[str, dual_control.ParamValue],
-    ) -> None:
+    def _validate(self, change: ChangeDocument, record: KeyRecord) -> None:
         """Dry-run the transition so an impossible change is refused before approval."""
-        if action == "activate":
+        if change.action == "activate":
             self._refuse_racing_activation(record)
-        self._transition(action, record, params, actor="validation")
+        if change.action == "retire":
+            self._refuse_stopping_the_profile(change, record)
+        self._transition(change, record, actor="validation")
 
-    def _transition(
-        self,
-        action: dual_control.Action,
-        record: KeyRecord,
-        params: Mapping[str, dual_control.ParamValue],
-        actor: str,
-    ) -> KeyRecord:
+    def _refuse_stopping_the_profile(self, change: ChangeDocument, record: KeyRecord) -> None:
+        """Retiring the key that signs its profile now stops signing: only with force + reason."""
+        active = self.registry.signing_view(record.profile).active
+        if active is None or active.key_id != record.key_id:
+            return
+        if not change.force:
+            raise PolicyError(
+                f"retirement refused: key {record.key_id} is the only key signing profile"
+                f" {record.profile!r}, so signing would stop; first activate its successor and"
+                " wait until the successor is active, or force it with a reason"
+            )
+        if not change.reason.strip():
+            raise PolicyError(
+                f"forced retirement refused for key {record.key_id}: give a reason for the audit"
+                " log"
+            )
+
+    def _transition(self, change: ChangeDocument, record: KeyRecord, actor: str) -> KeyRecord:
         now = self._now()
-        if action == "activate":
-            at = params.get("activate_at")
+        if change.action == "activate":
+            at = change.activate_at or now
             return lifecycle.schedule_activation(
                 record,
-                at=max(at if isinstance(at, datetime) else now, self._earliest_takeover(record)),
+                at=max(at, self._earliest_takeover(record)),
                 now=now,
                 actor=actor,
                 policy=self.registry.policy,
             )
-        if action == "retire":
-            return lifecycle.retire(
-                record, now=now, actor=actor, reason=str(params.get("reason") or "")
-            )
+        if change.action == "retire":
+            return lifecycle.retire(record, now=now, actor=actor, reason=change.reason)
+        if change.action == "revoke":
+            return lifecycle.revoke(record, now=now, actor=actor, reason=change.reason)
         return lifecycle.destroy(
-            record,
-            now=now,
-            actor=actor,
-            force=bool(params.get("force")),
-            reason=str(params.get("reason") or ""),
+            record, now=now, actor=actor, force=change.force, reason=change.reason
         )
 
-    def _apply(self, change: dual_control.PendingChange) -> ChangeOutcome:
+    def _apply(self, pending: PendingChange) -> ChangeOutcome:
+        # What every other daemon will check before acting on the record, checked here first.
+        change = verify_signed_change(pending.signed, self.registry.governance)
         record = self.registry.key(change.key_id).record
-        actors = ", ".join((change.requested_by, *change.approvals))
+        persons = [e.person for e in pending.signed.endorsements]
         if change.action == "activate":
             self._refuse_racing_activation(record)
-        updated = self._transition(change.action, record, change.params, actor=actors)
+        updated = replace(
+            self._transition(change, record, actor=", ".join(persons)),
+            authority=pending.signed.encode(),
+        )
         if change.action == "destroy":
             self._token.destroy_key_pair(record.key_id)
         self._put(updated)
@@ -293,11 +369,14 @@ class KeyCeremonies:
             _APPLIED_EVENT[change.action],
             key_id=record.key_id,
             change_id=change.change_id,
-            officers=actors,
+            officers=", ".join(persons),
+            identities=", ".join(e.identity for e in pending.signed.endorsements),
+            reason=change.reason or None,
+            force=change.force or None,
             activate_at=updated.activate_at.isoformat() if updated.activate_at else None,
         )
         self.registry.refresh()
-        return ChangeOutcome(change, True, self.registry.key(change.key_id))
+        return ChangeOutcome(pending, True, self.registry.key(change.key_id))
 
     def _earliest_takeover(self, record: KeyRecord) -> datetime:
         """The earliest moment a new key may take over a profile that has an active key.
@@ -341,4 +420,26 @@ def make_ceremonies(
     """Ceremonies configured from the settings (the CSCA certificate read if configured)."""
     csca_path = settings.keys.csca_cert
     csca = certificate_der(csca_path.read_bytes()) if csca_path and csca_path.exists() else None
-    return KeyCeremonies(registry, token, store, settings.keys, on_event, csca)
+    return KeyCeremonies(
+        registry,
+        token,
+        store,
+        settings.keys,
+        on_event,
+        csca,
+        reserved_labels=(settings.hsm.audit_key_label, settings.hsm.csca_key_label),
+    )
+
+
+def _change_details(change: ChangeDocument, endorsement: Endorsement) -> dict[str, Any]:
+    """What the audit record of a request says: every officer-supplied field and who signed."""
+    return {
+        "change_id": change.change_id,
+        "action": change.action,
+        "key_id": change.key_id,
+        "officer": endorsement.person,
+        "identity": endorsement.identity,
+        "reason": change.reason or None,
+        "force": change.force or None,
+        "activate_at": change.activate_at.isoformat() if change.activate_at else None,
+    }

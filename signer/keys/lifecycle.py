@@ -24,7 +24,7 @@ from signer.keys.policy import KeyPolicy, may_activate
 from signer.keys.profiles import PROFILES
 from signer.keys.utc import from_unix, require_utc, to_unix
 
-RECORD_FORMAT_VERSION: Final = 1
+RECORD_FORMAT_VERSION: Final = 2
 _KEY_ID = re.compile(r"(?:[0-9a-f]{2}){1,64}")
 
 
@@ -41,6 +41,8 @@ class KeyState(enum.StrEnum):
     """Signing (effective state; also accepted when stored)."""
     RETIRED = "retired"
     """Never signs again; the DSC stays in the trust list until it expires."""
+    REVOKED = "revoked"
+    """Withdrawn after a compromise: never signs again, and verifiers are told to distrust it."""
     DESTROYED = "destroyed"
     """Private key destroyed in the HSM."""
 
@@ -72,7 +74,11 @@ class KeyRecord:
     """When the activation takes (or took) effect."""
     retired_at: datetime | None = None
     destroyed_at: datetime | None = None
+    revoked_at: datetime | None = None
     history: tuple[HistoryEntry, ...] = field(default=())
+    authority: bytes | None = None
+    """The signed change (:class:`signer.keys.governance.SignedChange`, CBOR) that made the
+    last governed move (activate, retire, revoke, destroy); every daemon verifies it."""
 
     def __post_init__(self) -> None:
         problem = _invariant_problem(self)
@@ -95,6 +101,8 @@ class KeyRecord:
                 "activate_at": optional_time(self.activate_at),
                 "retired_at": optional_time(self.retired_at),
                 "destroyed_at": optional_time(self.destroyed_at),
+                "revoked_at": optional_time(self.revoked_at),
+                "authority": self.authority,
                 "history": [
                     [to_unix(entry.at), entry.event, entry.actor, entry.detail]
                     for entry in self.history
@@ -124,7 +132,9 @@ class KeyRecord:
             activate_at=reader.optional_time("activate_at"),
             retired_at=reader.optional_time("retired_at"),
             destroyed_at=reader.optional_time("destroyed_at"),
+            revoked_at=reader.optional_time("revoked_at"),
             history=history,
+            authority=reader.optional_bytes("authority"),
         )
         reader.finish()
         return record
@@ -158,8 +168,13 @@ def _invariant_problem(record: KeyRecord) -> str:
         return f"a {record.state.value} key must have a DSC"
     if record.state in (KeyState.SCHEDULED, KeyState.ACTIVE) and record.activate_at is None:
         return f"a {record.state.value} key must have activate_at"
-    if record.state in (KeyState.RETIRED, KeyState.DESTROYED) and record.retired_at is None:
+    if (
+        record.state in (KeyState.RETIRED, KeyState.REVOKED, KeyState.DESTROYED)
+        and record.retired_at is None
+    ):
         return f"a {record.state.value} key must have retired_at"
+    if record.state is KeyState.REVOKED and record.revoked_at is None:
+        return "a revoked key must have revoked_at"
     if record.state is KeyState.DESTROYED and record.destroyed_at is None:
         return "a destroyed key must have destroyed_at"
     return ""
@@ -305,14 +320,19 @@ def destroy(
             f"destruction refused: key {record.key_id} is {record.state.value} (it signs or "
             "will sign); retire it first, then destroy it"
         )
-    if record.state is not KeyState.RETIRED:
-        raise _refuse(record, "destruction", "retired", "retire it first")
+    if record.state not in (KeyState.RETIRED, KeyState.REVOKED):
+        raise _refuse(record, "destruction", "retired or revoked", "retire it first")
     if force and not reason.strip():
         raise PolicyError(
             f"forced destruction refused for key {record.key_id}: a forced destruction needs a "
             "reason for the audit log (for example 'key compromise, incident 42')"
         )
-    if record.dsc_not_after is not None and moment < record.dsc_not_after and not force:
+    revoked = record.state is KeyState.REVOKED
+    if (
+        record.dsc_not_after is not None
+        and moment < record.dsc_not_after
+        and not (force or revoked)
+    ):
         raise PolicyError(
             f"destruction refused: the DSC of key {record.key_id} is valid until "
             f"{record.dsc_not_after.isoformat()}; wait until then, or force it with a reason"
@@ -326,4 +346,35 @@ def destroy(
         detail,
         state=KeyState.DESTROYED,
         destroyed_at=moment,
+    )
+
+
+def revoke(record: KeyRecord, *, now: datetime, actor: str, reason: str) -> KeyRecord:
+    """Any state but destroyed -> revoked: withdrawn at once after a compromise.
+
+    Unlike retirement there is no overlap and the DSC leaves the trust list: verifiers are told
+    to distrust everything the key signed. A reason is required for the audit log.
+    """
+    if record.state in (KeyState.REVOKED, KeyState.DESTROYED):
+        raise _refuse(
+            record,
+            "revocation",
+            "not yet revoked or destroyed",
+            "a destroyed key signs nothing; its DSC can be distrusted by its kid",
+        )
+    if not reason.strip():
+        raise PolicyError(
+            f"revocation refused for key {record.key_id}: give a reason for the audit log"
+            " (for example 'private key exposed, incident 42')"
+        )
+    moment = require_utc(now, "now")
+    return _moved(
+        record,
+        moment,
+        "revoked",
+        actor,
+        reason,
+        state=KeyState.REVOKED,
+        retired_at=record.retired_at or moment,
+        revoked_at=moment,
     )

@@ -7,6 +7,12 @@ within that interval, and swaps in a new immutable :class:`~signer.keys.snapshot
 Which key signs is derived from the snapshot and the clock on every request
 (:mod:`signer.keys.rotation`), so a scheduled rotation happens exactly at its time without
 any background job. Changes are made by :class:`signer.keys.ceremony.KeyCeremonies`.
+
+The store needs availability, not trust: every record is re-verified on every load
+(:func:`signer.keys.governance.record_problem`). A record that does not verify — rewritten by
+someone holding only the HSM PIN or write access to the store — is not acted on: the daemon
+keeps the last version it verified (or ignores the key), logs an ERROR and reports it through
+``on_rejected`` (audit record, metric, alert).
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from cryptography import x509
+
 from signer.config import KeySettings, Settings
-from signer.errors import KeyNotFound, PolicyError
+from signer.errors import KeyNotFound, PolicyError, SignerError
 from signer.hsm.api import Token
 from signer.keys import rotation
+from signer.keys.governance import Governance, Officers, record_problem
 from signer.keys.lifecycle import KeyRecord, KeyState
 from signer.keys.policy import KeyPolicy
 from signer.keys.snapshot import KeySnapshot, KeyView, PublicMaterial
@@ -53,12 +62,17 @@ class KeyRegistry:
         store: RecordStore,
         settings: KeySettings,
         profiles: Iterable[str],
+        governance: Governance,
         clock: Callable[[], datetime] = utcnow,
+        on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
         self._token = token
         self._store = store
         self.settings = settings
+        self.governance = governance
         self.clock = clock
+        self._on_rejected = on_rejected or (lambda key_id, problem: None)
+        self._reported: set[tuple[str, int]] = set()
         self.policy = policy_from(settings)
         self._snapshot = KeySnapshot.empty(tuple(profiles), self.policy)
         self._refresh_lock = threading.Lock()
@@ -89,11 +103,22 @@ class KeyRegistry:
         for name, stored in self._store.load_all(RecordKind.KEY).items():
             try:
                 record = KeyRecord.from_cbor(stored.value)
-            except (ValueError, PolicyError) as exc:
-                log.error("ignoring unreadable key record %s in the record store: %s", name, exc)
+                if record.key_id != name:
+                    raise PolicyError(f"it is stored under another name, {name!r}")
+            except (ValueError, SignerError) as exc:
+                self._reject(name, stored.generation, f"it does not decode: {exc}")
                 continue
+            before = previous.records.get(record.key_id)
+            problem = record_problem(record, self.governance, before)
+            if problem:
+                self._reject(record.key_id, stored.generation, problem)
+                if before is None:
+                    continue
+                record, generation = before, previous.generations[record.key_id]
+            else:
+                generation = stored.generation
             records[record.key_id] = record
-            generations[record.key_id] = stored.generation
+            generations[record.key_id] = generation
         public = dict(previous.public)
         for key_id, record in records.items():
             known = public.get(key_id)
@@ -106,6 +131,20 @@ class KeyRegistry:
             MappingProxyType(generations),
             MappingProxyType(public),
         )
+
+    def _reject(self, key_id: str, generation: int, problem: str) -> None:
+        """Report a record this daemon will not act on (once per stored version)."""
+        if (key_id, generation) in self._reported:
+            return
+        self._reported.add((key_id, generation))
+        log.error(
+            "NOT acting on key record %s (generation %d): %s. It may have been rewritten"
+            " outside a ceremony; the last verified version stays in force",
+            key_id[:40],
+            generation,
+            problem,
+        )
+        self._on_rejected(key_id[:40], problem)
 
     def _load_public(self, record: KeyRecord) -> PublicMaterial:
         dsc = self._token.certificate(record.key_id) if record.kid else None
@@ -156,6 +195,32 @@ class KeyRegistry:
         return self._snapshot.key(key_id, self.clock())
 
 
-def make_registry(token: Token, store: RecordStore, settings: Settings) -> KeyRegistry:
-    """A registry for the configured profiles and key policy."""
-    return KeyRegistry(token, store, settings.keys, settings.profiles)
+def governance_from(settings: Settings) -> Governance:
+    """The officers, their CA and the approval counts a configuration sets."""
+    tls = settings.server.tls
+    client_ca = None
+    if tls.enabled and tls.client_ca is not None:
+        client_ca = x509.load_pem_x509_certificate(tls.client_ca.read_bytes())
+    return Governance(
+        Officers(settings.officers),
+        client_ca,
+        approvals_required=settings.keys.approvals_required,
+        revoke_approvals=settings.keys.revoke_approvals,
+    )
+
+
+def make_registry(
+    token: Token,
+    store: RecordStore,
+    settings: Settings,
+    on_rejected: Callable[[str, str], None] | None = None,
+) -> KeyRegistry:
+    """A registry for the configured profiles, key policy and officers."""
+    return KeyRegistry(
+        token,
+        store,
+        settings.keys,
+        settings.profiles,
+        governance_from(settings),
+        on_rejected=on_rejected,
+    )

@@ -182,7 +182,8 @@ def trust_list(records: Iterable[KeyRecord], now: datetime) -> tuple[KeyRecord, 
 
     Retired and destroyed keys stay while their DSC is valid (credentials they signed are
     still out there); ready and scheduled keys are included ahead of their first signature.
-    Keys retired before their activation ever took effect signed nothing and are left out.
+    Keys retired before their activation ever took effect signed nothing and are left out,
+    and so are revoked keys (also once destroyed): verifiers must stop trusting them.
     Ordered by DSC start, then key_id.
     """
     moment = require_utc(now, "now")
@@ -190,8 +191,33 @@ def trust_list(records: Iterable[KeyRecord], now: datetime) -> tuple[KeyRecord, 
     for record in records:
         if record.kid is None or record.dsc_not_after is None or record.dsc_not_after <= moment:
             continue
+        if record.revoked_at is not None:
+            continue
         retired = record.state in (KeyState.RETIRED, KeyState.DESTROYED)
         if retired and _activation(record, record.retired_at or moment) is None:
             continue
         listed.append(record)
     return tuple(sorted(listed, key=lambda r: (r.dsc_not_before, r.key_id)))
+
+
+def revoked(records: Iterable[KeyRecord]) -> tuple[KeyRecord, ...]:
+    """Revoked keys that have a kid, oldest revocation first: what partners must distrust."""
+    found = [r for r in records if r.revoked_at is not None and r.kid is not None]
+    return tuple(sorted(found, key=lambda r: (r.revoked_at, r.key_id)))
+
+
+def overlap_end(
+    record: KeyRecord, records_of_profile: Iterable[KeyRecord], now: datetime, policy: KeyPolicy
+) -> datetime | None:
+    """When a superseded key that is still accepted stops being accepted, else None."""
+    moment = require_utc(now, "now")
+    records = list(records_of_profile)
+    view = resolve_profile(records, record.profile, moment, policy)
+    if record.kid is None or record.kid not in view.accepted or view.active is None:
+        return None
+    if view.active.key_id == record.key_id:
+        return None
+    for earlier, later in itertools.pairwise(_activation_order(records, moment)):
+        if earlier.record.key_id == record.key_id:
+            return later.at + policy.overlap
+    return None

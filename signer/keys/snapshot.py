@@ -36,6 +36,10 @@ class KeyView:
     spki_der: bytes | None
     effective_state: str = ""
     usable_until: datetime | None = None
+    signs_new_requests: bool = False
+    """The one key of its profile that new requests use now."""
+    overlap_ends: datetime | None = None
+    """For a superseded key still accepted: when its kid stops being accepted."""
 
     @property
     def key_id(self) -> str:
@@ -108,11 +112,26 @@ class KeySnapshot:
         usable_until = None
         if record.activate_at is not None and record.dsc_not_after is not None:
             usable_until = stop_signing_at(record.activate_at, record.dsc_not_after, self.policy)
-        return KeyView(record, material.dsc_der, material.spki_der, state.value, usable_until)
+        signing = rotation.resolve_profile(of_profile, record.profile, now, self.policy)
+        signs = signing.active is not None and signing.active.key_id == record.key_id
+        overlap_ends = None if signs else rotation.overlap_end(record, of_profile, now, self.policy)
+        return KeyView(
+            record,
+            material.dsc_der,
+            material.spki_der,
+            state.value,
+            usable_until,
+            signs_new_requests=signs,
+            overlap_ends=overlap_ends,
+        )
 
     def trust_list(self, now: datetime) -> list[KeyView]:
         """Every key whose DSC verifiers may still meet."""
         return [self.view(r, now) for r in rotation.trust_list(self.records.values(), now)]
+
+    def revoked(self) -> list[KeyRecord]:
+        """Revoked keys with a kid: verifiers must distrust what they signed."""
+        return list(rotation.revoked(self.records.values()))
 
     def list_keys(self, now: datetime, profile: str = "") -> list[KeyView]:
         """All keys, optionally of one profile, oldest first."""

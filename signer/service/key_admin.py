@@ -1,35 +1,68 @@
-"""``signer.v1.KeyAdmin``: key ceremonies for security officers, under dual control."""
+"""``signer.v1.KeyAdmin``: key ceremonies for security officers, under signed dual control.
+
+The caller is a *person* of ``[officers]``, found from the client certificate on the
+connection. Change requests and approvals carry that person's signature over the change
+document; the certificate that signed is the one on the connection, and it is stored with the
+signature so that every daemon can check it again later.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from signer.errors import AuditError, InvalidRequest
+from signer.errors import AuditError, InvalidRequest, PermissionDenied
 from signer.keys.ceremony import ChangeOutcome, KeyCeremonies
 from signer.keys.dual_control import PendingChange
+from signer.keys.governance import ACTIONS, Action, ChangeDocument, Endorsement, Role
 from signer.keys.snapshot import KeyView
-from signer.service.auth import Roles, certificate_identities, role_identity
+from signer.service.auth import certificate_identities
 from signer.service.metrics import Metrics
 from signer.service.signing import timestamp
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
+_MAX_REASON = 500
 
-def officer_identity(context: grpc.ServicerContext, claimed: str, roles: Roles) -> str:
-    """The officer: the certificate identity that holds the officer role, else the request field.
 
-    Without mTLS (allowed only in dev configurations) the identity is whatever the caller
-    claims; with mTLS a claimed identity is ignored and dual control counts the configured
-    officer identities, so one officer with two certificates is still one officer.
-    """
-    names = certificate_identities(context.auth_context())
+@dataclass(frozen=True)
+class Officer:
+    """Who is calling: the person, the identity that made them one, and their certificate."""
+
+    person: str
+    identity: str
+    certificate: bytes
+
+    def endorse(self, role: Role, signature: bytes) -> Endorsement:
+        """This officer's endorsement of a change with ``signature``."""
+        return Endorsement(role, self.person, self.identity, self.certificate, signature)
+
+
+def officer_of(
+    auth_context: Mapping[str, Sequence[bytes]],
+    claimed: str,
+    person_of: Callable[[Iterable[str]], tuple[str, str] | None],
+) -> Officer:
+    """The calling officer. With mutual TLS the person is the one of ``[officers]`` that owns
+    one of the certificate's identities (a claimed name is ignored); without TLS (dev only)
+    it is the claimed name, folded to lower case so that "Alice" and "alice" are one person."""
+    names = certificate_identities(auth_context)
     if names:
-        return role_identity(context, roles, "officer") or names[0]
-    if not claimed.strip():
+        owner = person_of(names)
+        if owner is None:
+            raise PermissionDenied("this certificate belongs to no person under [officers]")
+        pem = auth_context.get("x509_pem_cert", [b""])[0]
+        der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+        return Officer(owner[0], owner[1], der)
+    person = claimed.strip().casefold()
+    if not person:
         raise InvalidRequest("officer is required: say who you are (e.g. --officer alice)")
-    return claimed.strip()
+    return Officer(person[:64], person[:64], b"")
 
 
 def key_info(view: KeyView, signatures_total: int = 0) -> key_admin_pb2.KeyInfo:
@@ -49,23 +82,27 @@ def key_info(view: KeyView, signatures_total: int = 0) -> key_admin_pb2.KeyInfo:
         activate_at=timestamp(r.activate_at),
         usable_until=timestamp(view.usable_until),
         signatures_total=signatures_total,
+        revoked_at=timestamp(r.revoked_at),
+        signs_new_requests=view.signs_new_requests,
+        overlap_ends=timestamp(view.overlap_ends),
     )
 
 
 def change_info(change: PendingChange) -> key_admin_pb2.PendingChange:
-    """The API form of a pending change."""
-    at = change.params.get("activate_at")
+    """The API form of a pending change, with the document approvers sign."""
+    document = change.document
     return key_admin_pb2.PendingChange(
         change_id=change.change_id,
         action=change.action,
         key_id=change.key_id,
         requested_by=change.requested_by,
         approvals=list(change.approvals),
-        requested_at=timestamp(change.requested_at),
+        requested_at=timestamp(document.requested_at),
         expires_at=timestamp(change.expires_at),
-        activate_at=timestamp(at) if isinstance(at, datetime) else None,
-        force=bool(change.params.get("force")),
-        reason=str(change.params.get("reason") or ""),
+        activate_at=timestamp(document.activate_at),
+        force=document.force,
+        reason=document.reason,
+        document=change.signed.document,
     )
 
 
@@ -83,22 +120,90 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         ceremonies: KeyCeremonies,
         metrics: Metrics,
         on_change: Callable[[], None],
-        roles: Roles,
         audit_healthy: Callable[[], bool],
     ) -> None:
         self._ceremonies = ceremonies
         self._metrics = metrics
         self._on_change = on_change
-        self._roles = roles
         self._audit_healthy = audit_healthy
 
-    def _officer(self, context: grpc.ServicerContext, claimed: str) -> str:
+    def _caller(self, context: grpc.ServicerContext, claimed: str) -> Officer:
         """Who asks for a change; refused while key events cannot be audited."""
         if not self._audit_healthy():
             raise AuditError(
                 "the audit log cannot be written, so key changes are refused until it recovers"
             )
-        return officer_identity(context, claimed, self._roles)
+        return officer_of(
+            context.auth_context(), claimed, self._ceremonies.registry.governance.officers.person_of
+        )
+
+    def _officer(self, context: grpc.ServicerContext, claimed: str) -> str:
+        return self._caller(context, claimed).person
+
+    def _change(
+        self,
+        context: grpc.ServicerContext,
+        claimed: str,
+        action: Action,
+        key_id: str,
+        document: bytes,
+        signature: bytes,
+        activate_at: datetime | None = None,
+        reason: str = "",
+        force: bool = False,
+    ) -> key_admin_pb2.ChangeResponse:
+        """Request a change from its signed document (or, without TLS, draft it here)."""
+        officer = self._caller(context, claimed)
+        if not document:
+            if self._ceremonies.registry.governance.enforced:
+                raise InvalidRequest(
+                    "a key change must be signed: draft it with DraftChange, sign the document"
+                    " with your client certificate's key and send both (`signer keys` does)"
+                )
+            document = self._draft(officer, action, key_id, activate_at, reason, force).encode()
+        drafted = ChangeDocument.decode(document)
+        if drafted.action != action or drafted.key_id != key_id:
+            raise InvalidRequest(
+                f"the signed document is a {drafted.action} of key {drafted.key_id}, not a"
+                f" {action} of key {key_id[:40]}"
+            )
+        outcome = self._ceremonies.request_change(document, officer.endorse("request", signature))
+        self._on_change()
+        return _outcome(outcome)
+
+    def _draft(
+        self,
+        officer: Officer,
+        action: Action,
+        key_id: str,
+        activate_at: datetime | None = None,
+        reason: str = "",
+        force: bool = False,
+    ) -> ChangeDocument:
+        if len(reason) > _MAX_REASON or not reason.isprintable():
+            raise InvalidRequest(f"a reason is at most {_MAX_REASON} printable characters")
+        return self._ceremonies.draft(
+            action, key_id, officer.person, activate_at=activate_at, reason=reason, force=force
+        )
+
+    def DraftChange(
+        self, request: key_admin_pb2.DraftChangeRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.DraftChangeResponse:
+        """The canonical document of a change, for the officer to check and sign."""
+        if request.action not in ACTIONS:
+            raise InvalidRequest(
+                f"action {request.action[:20]!r} is not one of {', '.join(ACTIONS)}"
+            )
+        at = request.activate_at.ToDatetime(tzinfo=UTC) if request.HasField("activate_at") else None
+        document = self._draft(
+            self._caller(context, request.officer),
+            cast(Action, request.action),
+            request.key_id,
+            activate_at=at,
+            reason=request.reason,
+            force=request.force,
+        )
+        return key_admin_pb2.DraftChangeResponse(document=document.encode())
 
     def GenerateKey(
         self, request: key_admin_pb2.GenerateKeyRequest, context: grpc.ServicerContext
@@ -125,50 +230,78 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
     def Activate(
         self, request: key_admin_pb2.ActivateRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
-        """Request (or, with one approval required, perform) a scheduled activation."""
-        officer = self._officer(context, request.officer)
+        """Request a scheduled activation (applied once enough persons signed)."""
         at = request.activate_at.ToDatetime(tzinfo=UTC) if request.HasField("activate_at") else None
-        outcome = self._ceremonies.request_change(
-            "activate", request.key_id, officer, {"activate_at": at}
+        return self._change(
+            context,
+            request.officer,
+            "activate",
+            request.key_id,
+            request.document,
+            request.signature,
+            activate_at=at,
         )
-        self._on_change()
-        return _outcome(outcome)
 
     def Retire(
         self, request: key_admin_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
         """Request retirement of a key."""
-        officer = self._officer(context, request.officer)
-        outcome = self._ceremonies.request_change(
-            "retire", request.key_id, officer, {"reason": request.reason}
+        return self._change(
+            context,
+            request.officer,
+            "retire",
+            request.key_id,
+            request.document,
+            request.signature,
+            reason=request.reason,
+            force=request.force,
         )
-        self._on_change()
-        return _outcome(outcome)
 
     def Destroy(
         self, request: key_admin_pb2.DestroyRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
-        """Request destruction of a retired key's private key."""
-        officer = self._officer(context, request.officer)
-        outcome = self._ceremonies.request_change(
-            "destroy", request.key_id, officer, {"force": request.force, "reason": request.reason}
+        """Request destruction of a retired or revoked key's private key."""
+        return self._change(
+            context,
+            request.officer,
+            "destroy",
+            request.key_id,
+            request.document,
+            request.signature,
+            reason=request.reason,
+            force=request.force,
         )
-        self._on_change()
-        return _outcome(outcome)
+
+    def Revoke(
+        self, request: key_admin_pb2.RevokeRequest, context: grpc.ServicerContext
+    ) -> key_admin_pb2.ChangeResponse:
+        """Withdraw a compromised key at once."""
+        return self._change(
+            context,
+            request.officer,
+            "revoke",
+            request.key_id,
+            request.document,
+            request.signature,
+            reason=request.reason,
+        )
 
     def Approve(
         self, request: key_admin_pb2.ApproveRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ChangeResponse:
-        """Approve another officer's pending change."""
-        officer = self._officer(context, request.officer)
-        outcome = self._ceremonies.approve(request.change_id, officer)
+        """Approve another person's pending change with a signature over its document."""
+        officer = self._caller(context, request.officer)
+        outcome = self._ceremonies.approve(
+            request.change_id, officer.endorse("approve", request.signature)
+        )
         self._on_change()
         return _outcome(outcome)
 
     def ListKeys(
         self, request: key_admin_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_admin_pb2.ListKeysResponse:
-        """All keys with their states and how many signatures this daemon made with each."""
+        """All keys with their states and how many signatures this daemon made with each
+        since it started (``signatures_total``; the audit log holds the full history)."""
         signed = self._signatures_by_kid()
         return key_admin_pb2.ListKeysResponse(
             keys=[

@@ -177,6 +177,14 @@ class Metrics:
             ["profile"],
             registry=r,
         )
+        self.records_rejected = Counter(
+            "signer_records_rejected",
+            "Stored key records this daemon refused to act on (signatures did not verify).",
+            registry=r,
+        )
+        self.keys_revoked = Counter(
+            "signer_keys_revoked", "Keys revoked through this daemon.", ["profile"], registry=r
+        )
 
     def watch(self, read: Callable[[], LiveState]) -> None:
         """Register the scrape-time collector of live state."""

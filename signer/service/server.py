@@ -110,7 +110,7 @@ class Daemon:
             self._open_audit(), self.metrics, s.audit.store_signatures, self._health_now
         )
         store = open_store(s, self.token)
-        self.registry = make_registry(self.token, store, s)
+        self.registry = make_registry(self.token, store, s, self._record_rejected)
         self.registry.refresh()
         self.ceremonies = make_ceremonies(
             self.registry, self.token, store, s, self._lifecycle_event
@@ -172,7 +172,6 @@ class Daemon:
                     self.ceremonies,
                     self.metrics,
                     self._health_now,
-                    roles,
                     lambda: self.trail is not None and self.trail.healthy,
                 ),
                 server,
@@ -205,6 +204,19 @@ class Daemon:
     def _lifecycle_event(self, name: str, details: Mapping[str, Any]) -> None:
         assert self.trail is not None
         self.trail.record_event(name, details)
+        if name == "revoked":
+            assert self.registry is not None
+            profile = self.registry.key(str(details["key_id"])).record.profile
+            self.metrics.keys_revoked.labels(profile).inc()
+
+    def _record_rejected(self, key_id: str, problem: str) -> None:
+        """A stored key record failed verification: count it (alerted on) and audit it."""
+        self.metrics.records_rejected.inc()
+        assert self.trail is not None  # opened before the registry first loads
+        try:
+            self.trail.record_event("record_rejected", {"key_id": key_id, "problem": problem[:500]})
+        except SignerError:
+            log.error("could not record a rejected key record in the audit log")
 
     def _auth_refused(self, reason: str, identity: str, method: str) -> None:
         self.metrics.auth_refusals.labels(reason).inc()

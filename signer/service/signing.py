@@ -141,6 +141,7 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         self, request: signing_pb2.GetTrustListRequest, context: grpc.ServicerContext
     ) -> signing_pb2.TrustList:
         """Certificates of every key whose signatures verifiers may still meet."""
+        snapshot = self._registry.snapshot
         return signing_pb2.TrustList(
             entries=[
                 signing_pb2.TrustListEntry(
@@ -152,7 +153,15 @@ class SigningService(signing_pb2_grpc.SigningServicer):
                     not_after=timestamp(view.record.dsc_not_after),
                 )
                 for view in self._registry.trust_list()
-            ]
+            ],
+            revoked=[
+                signing_pb2.RevokedKey(
+                    kid=record.kid or b"",
+                    profile=record.profile,
+                    revoked_at=timestamp(record.revoked_at),
+                )
+                for record in snapshot.revoked()
+            ],
         )
 
 

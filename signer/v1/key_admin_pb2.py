@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19signer/v1/key_admin.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_state\x18\x05 \x01(\t\x12\x0b\n\x03kid\x18\x06 \x01(\x0c\x12\x0f\n\x07\x64sc_der\x18\x07 \x01(\x0c\x12.\n\nnot_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tivate_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cusable_until\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10signatures_total\x18\r \x01(\x04\"\x9d\x02\n\rPendingChange\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x11\n\tapprovals\x18\x05 \x03(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tivate_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66orce\x18\t \x01(\x08\x12\x0e\n\x06reason\x18\n \x01(\t\"E\n\x12GenerateKeyRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07officer\x18\x03 \x01(\t\"G\n\x13GenerateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.signer.v1.KeyInfo\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\"\x1f\n\rGetCsrRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"!\n\x0eGetCsrResponse\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"P\n\x18ImportCertificateRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07officer\x18\x03 \x01(\t\"c\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12/\n\x0b\x61\x63tivate_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07officer\x18\x03 \x01(\t\"@\n\rRetireRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07officer\x18\x03 \x01(\t\"P\n\x0e\x44\x65stroyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07officer\x18\x04 \x01(\t\"4\n\x0e\x41pproveRequest\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0f\n\x07officer\x18\x02 \x01(\t\"l\n\x0e\x43hangeResponse\x12(\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x18.signer.v1.PendingChange\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x1f\n\x03key\x18\x03 \x01(\x0b\x32\x12.signer.v1.KeyInfo\"\"\n\x0fListKeysRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.signer.v1.KeyInfo\"\x14\n\x12ListChangesRequest\"@\n\x13ListChangesResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.signer.v1.PendingChange2\xfc\x04\n\x08KeyAdmin\x12L\n\x0bGenerateKey\x12\x1d.signer.v1.GenerateKeyRequest\x1a\x1e.signer.v1.GenerateKeyResponse\x12=\n\x06GetCsr\x12\x18.signer.v1.GetCsrRequest\x1a\x19.signer.v1.GetCsrResponse\x12L\n\x11ImportCertificate\x12#.signer.v1.ImportCertificateRequest\x1a\x12.signer.v1.KeyInfo\x12\x41\n\x08\x41\x63tivate\x12\x1a.signer.v1.ActivateRequest\x1a\x19.signer.v1.ChangeResponse\x12=\n\x06Retire\x12\x18.signer.v1.RetireRequest\x1a\x19.signer.v1.ChangeResponse\x12?\n\x07\x44\x65stroy\x12\x19.signer.v1.DestroyRequest\x1a\x19.signer.v1.ChangeResponse\x12?\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x19.signer.v1.ChangeResponse\x12\x43\n\x08ListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponse\x12L\n\x0bListChanges\x12\x1d.signer.v1.ListChangesRequest\x1a\x1e.signer.v1.ListChangesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19signer/v1/key_admin.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x04\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_state\x18\x05 \x01(\t\x12\x0b\n\x03kid\x18\x06 \x01(\x0c\x12\x0f\n\x07\x64sc_der\x18\x07 \x01(\x0c\x12.\n\nnot_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tivate_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cusable_until\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10signatures_total\x18\r \x01(\x04\x12.\n\nrevoked_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12signs_new_requests\x18\x0f \x01(\x08\x12\x30\n\x0coverlap_ends\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x02\n\rPendingChange\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x11\n\tapprovals\x18\x05 \x03(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tivate_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66orce\x18\t \x01(\x08\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x10\n\x08\x64ocument\x18\x0b \x01(\x0c\"E\n\x12GenerateKeyRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07officer\x18\x03 \x01(\t\"G\n\x13GenerateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.signer.v1.KeyInfo\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\"\x1f\n\rGetCsrRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"!\n\x0eGetCsrResponse\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"P\n\x18ImportCertificateRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x0f\n\x07officer\x18\x03 \x01(\t\"\x88\x01\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12/\n\x0b\x61\x63tivate_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07officer\x18\x03 \x01(\t\x12\x10\n\x08\x64ocument\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"t\n\rRetireRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07officer\x18\x03 \x01(\t\x12\x10\n\x08\x64ocument\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"u\n\x0e\x44\x65stroyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07officer\x18\x04 \x01(\t\x12\x10\n\x08\x64ocument\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"G\n\x0e\x41pproveRequest\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0f\n\x07officer\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"e\n\rRevokeRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07officer\x18\x03 \x01(\t\x12\x10\n\x08\x64ocument\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\x95\x01\n\x12\x44raftChangeRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12/\n\x0b\x61\x63tivate_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x0f\n\x07officer\x18\x06 \x01(\t\"\'\n\x13\x44raftChangeResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\"l\n\x0e\x43hangeResponse\x12(\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x18.signer.v1.PendingChange\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x1f\n\x03key\x18\x03 \x01(\x0b\x32\x12.signer.v1.KeyInfo\"\"\n\x0fListKeysRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.signer.v1.KeyInfo\"\x14\n\x12ListChangesRequest\"@\n\x13ListChangesResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.signer.v1.PendingChange2\x89\x06\n\x08KeyAdmin\x12L\n\x0bGenerateKey\x12\x1d.signer.v1.GenerateKeyRequest\x1a\x1e.signer.v1.GenerateKeyResponse\x12=\n\x06GetCsr\x12\x18.signer.v1.GetCsrRequest\x1a\x19.signer.v1.GetCsrResponse\x12L\n\x11ImportCertificate\x12#.signer.v1.ImportCertificateRequest\x1a\x12.signer.v1.KeyInfo\x12\x41\n\x08\x41\x63tivate\x12\x1a.signer.v1.ActivateRequest\x1a\x19.signer.v1.ChangeResponse\x12=\n\x06Retire\x12\x18.signer.v1.RetireRequest\x1a\x19.signer.v1.ChangeResponse\x12?\n\x07\x44\x65stroy\x12\x19.signer.v1.DestroyRequest\x1a\x19.signer.v1.ChangeResponse\x12=\n\x06Revoke\x12\x18.signer.v1.RevokeRequest\x1a\x19.signer.v1.ChangeResponse\x12L\n\x0b\x44raftChange\x12\x1d.signer.v1.DraftChangeRequest\x1a\x1e.signer.v1.DraftChangeResponse\x12?\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x19.signer.v1.ChangeResponse\x12\x43\n\x08ListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponse\x12L\n\x0bListChanges\x12\x1d.signer.v1.ListChangesRequest\x1a\x1e.signer.v1.ListChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,37 +33,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signer.v1.key_admin_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_KEYINFO']._serialized_start=74
-  _globals['_KEYINFO']._serialized_end=469
-  _globals['_PENDINGCHANGE']._serialized_start=472
-  _globals['_PENDINGCHANGE']._serialized_end=757
-  _globals['_GENERATEKEYREQUEST']._serialized_start=759
-  _globals['_GENERATEKEYREQUEST']._serialized_end=828
-  _globals['_GENERATEKEYRESPONSE']._serialized_start=830
-  _globals['_GENERATEKEYRESPONSE']._serialized_end=901
-  _globals['_GETCSRREQUEST']._serialized_start=903
-  _globals['_GETCSRREQUEST']._serialized_end=934
-  _globals['_GETCSRRESPONSE']._serialized_start=936
-  _globals['_GETCSRRESPONSE']._serialized_end=969
-  _globals['_IMPORTCERTIFICATEREQUEST']._serialized_start=971
-  _globals['_IMPORTCERTIFICATEREQUEST']._serialized_end=1051
-  _globals['_ACTIVATEREQUEST']._serialized_start=1053
-  _globals['_ACTIVATEREQUEST']._serialized_end=1152
-  _globals['_RETIREREQUEST']._serialized_start=1154
-  _globals['_RETIREREQUEST']._serialized_end=1218
-  _globals['_DESTROYREQUEST']._serialized_start=1220
-  _globals['_DESTROYREQUEST']._serialized_end=1300
-  _globals['_APPROVEREQUEST']._serialized_start=1302
-  _globals['_APPROVEREQUEST']._serialized_end=1354
-  _globals['_CHANGERESPONSE']._serialized_start=1356
-  _globals['_CHANGERESPONSE']._serialized_end=1464
-  _globals['_LISTKEYSREQUEST']._serialized_start=1466
-  _globals['_LISTKEYSREQUEST']._serialized_end=1500
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1502
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1554
-  _globals['_LISTCHANGESREQUEST']._serialized_start=1556
-  _globals['_LISTCHANGESREQUEST']._serialized_end=1576
-  _globals['_LISTCHANGESRESPONSE']._serialized_start=1578
-  _globals['_LISTCHANGESRESPONSE']._serialized_end=1642
-  _globals['_KEYADMIN']._serialized_start=1645
-  _globals['_KEYADMIN']._serialized_end=2281
+  _globals['_KEYINFO']._serialized_end=595
+  _globals['_PENDINGCHANGE']._serialized_start=598
+  _globals['_PENDINGCHANGE']._serialized_end=901
+  _globals['_GENERATEKEYREQUEST']._serialized_start=903
+  _globals['_GENERATEKEYREQUEST']._serialized_end=972
+  _globals['_GENERATEKEYRESPONSE']._serialized_start=974
+  _globals['_GENERATEKEYRESPONSE']._serialized_end=1045
+  _globals['_GETCSRREQUEST']._serialized_start=1047
+  _globals['_GETCSRREQUEST']._serialized_end=1078
+  _globals['_GETCSRRESPONSE']._serialized_start=1080
+  _globals['_GETCSRRESPONSE']._serialized_end=1113
+  _globals['_IMPORTCERTIFICATEREQUEST']._serialized_start=1115
+  _globals['_IMPORTCERTIFICATEREQUEST']._serialized_end=1195
+  _globals['_ACTIVATEREQUEST']._serialized_start=1198
+  _globals['_ACTIVATEREQUEST']._serialized_end=1334
+  _globals['_RETIREREQUEST']._serialized_start=1336
+  _globals['_RETIREREQUEST']._serialized_end=1452
+  _globals['_DESTROYREQUEST']._serialized_start=1454
+  _globals['_DESTROYREQUEST']._serialized_end=1571
+  _globals['_APPROVEREQUEST']._serialized_start=1573
+  _globals['_APPROVEREQUEST']._serialized_end=1644
+  _globals['_REVOKEREQUEST']._serialized_start=1646
+  _globals['_REVOKEREQUEST']._serialized_end=1747
+  _globals['_DRAFTCHANGEREQUEST']._serialized_start=1750
+  _globals['_DRAFTCHANGEREQUEST']._serialized_end=1899
+  _globals['_DRAFTCHANGERESPONSE']._serialized_start=1901
+  _globals['_DRAFTCHANGERESPONSE']._serialized_end=1940
+  _globals['_CHANGERESPONSE']._serialized_start=1942
+  _globals['_CHANGERESPONSE']._serialized_end=2050
+  _globals['_LISTKEYSREQUEST']._serialized_start=2052
+  _globals['_LISTKEYSREQUEST']._serialized_end=2086
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2088
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2140
+  _globals['_LISTCHANGESREQUEST']._serialized_start=2142
+  _globals['_LISTCHANGESREQUEST']._serialized_end=2162
+  _globals['_LISTCHANGESRESPONSE']._serialized_start=2164
+  _globals['_LISTCHANGESRESPONSE']._serialized_end=2228
+  _globals['_KEYADMIN']._serialized_start=2231
+  _globals['_KEYADMIN']._serialized_end=3008
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,16 @@ class KeyAdminStub:
                 request_serializer=signer_dot_v1_dot_key__admin__pb2.DestroyRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_key__admin__pb2.ChangeResponse.FromString,
                 _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/signer.v1.KeyAdmin/Revoke',
+                request_serializer=signer_dot_v1_dot_key__admin__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_key__admin__pb2.ChangeResponse.FromString,
+                _registered_method=True)
+        self.DraftChange = channel.unary_unary(
+                '/signer.v1.KeyAdmin/DraftChange',
+                request_serializer=signer_dot_v1_dot_key__admin__pb2.DraftChangeRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_key__admin__pb2.DraftChangeResponse.FromString,
+                _registered_method=True)
         self.Approve = channel.unary_unary(
                 '/signer.v1.KeyAdmin/Approve',
                 request_serializer=signer_dot_v1_dot_key__admin__pb2.ApproveRequest.SerializeToString,
@@ -120,6 +130,20 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revoke(self, request, context):
+        """Withdraw a compromised key (one officer suffices by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DraftChange(self, request, context):
+        """The canonical document of a change, for the officer to sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Approve(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -170,6 +194,16 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.Destroy,
                     request_deserializer=signer_dot_v1_dot_key__admin__pb2.DestroyRequest.FromString,
                     response_serializer=signer_dot_v1_dot_key__admin__pb2.ChangeResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=signer_dot_v1_dot_key__admin__pb2.RevokeRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_key__admin__pb2.ChangeResponse.SerializeToString,
+            ),
+            'DraftChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.DraftChange,
+                    request_deserializer=signer_dot_v1_dot_key__admin__pb2.DraftChangeRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_key__admin__pb2.DraftChangeResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
@@ -349,6 +383,60 @@ class KeyAdmin:
             '/signer.v1.KeyAdmin/Destroy',
             signer_dot_v1_dot_key__admin__pb2.DestroyRequest.SerializeToString,
             signer_dot_v1_dot_key__admin__pb2.ChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.KeyAdmin/Revoke',
+            signer_dot_v1_dot_key__admin__pb2.RevokeRequest.SerializeToString,
+            signer_dot_v1_dot_key__admin__pb2.ChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DraftChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.KeyAdmin/DraftChange',
+            signer_dot_v1_dot_key__admin__pb2.DraftChangeRequest.SerializeToString,
+            signer_dot_v1_dot_key__admin__pb2.DraftChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

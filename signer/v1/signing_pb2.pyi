@@ -91,8 +91,20 @@ class TrustListEntry(_message.Message):
     not_after: _timestamp_pb2.Timestamp
     def __init__(self, kid: _Optional[bytes] = ..., profile: _Optional[str] = ..., state: _Optional[str] = ..., dsc_der: _Optional[bytes] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class RevokedKey(_message.Message):
+    __slots__ = ("kid", "profile", "revoked_at")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    kid: bytes
+    profile: str
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, kid: _Optional[bytes] = ..., profile: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class TrustList(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "revoked")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[TrustListEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[TrustListEntry, _Mapping]]] = ...) -> None: ...
+    revoked: _containers.RepeatedCompositeFieldContainer[RevokedKey]
+    def __init__(self, entries: _Optional[_Iterable[_Union[TrustListEntry, _Mapping]]] = ..., revoked: _Optional[_Iterable[_Union[RevokedKey, _Mapping]]] = ...) -> None: ...
