@@ -278,14 +278,15 @@ class SignerClient:
         """This client as the signer :mod:`signer.dcc` issuance expects (rotation-aware)."""
         return DccSigner(self)
 
-    def trust_list(self) -> list[signing_pb2.TrustListEntry]:
-        """Certificates of every key whose signatures verifiers may still meet."""
-        response = self._call(
+    def trust_list(self) -> signing_pb2.TrustList:
+        """Certificates of every key whose signatures verifiers may still meet, and the kids
+        of revoked keys that they must distrust."""
+        response: signing_pb2.TrustList = self._call(
             lambda: self._stub.GetTrustList(
                 signing_pb2.GetTrustListRequest(), timeout=self._timeout
             )
         )
-        return list(response.entries)
+        return response
 
     def _call(self, rpc: Callable[[], _T]) -> _T:
         """Run ``rpc``; retry UNAVAILABLE and quota waits with capped exponential backoff."""

@@ -12,9 +12,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from signer.cli_args import ISO_TIME_HELP, iso_time, utc_iso
-from signer.client.connect import add_connection_options, make_channel, make_client
+from signer.client.client import open_channel
+from signer.client.connect import add_connection_options, connection, make_channel, make_client
 from signer.client.errors import from_rpc_error
-from signer.dcc.trust import trust_list_entry, write_trust_list
+from signer.client.officer import OfficerCredential, OfficerSession
+from signer.dcc.trust import revoked_entry, trust_list_entry, write_trust_list
+from signer.keys.governance import Action
 from signer.keys.pem import csr_pem
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
@@ -52,11 +55,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="TIME",
         help=f"time the key takes over (default: on approval); {ISO_TIME_HELP}",
     )
-    p = command("approve", "approve another officer's pending change", _approve)
+    p = command("approve", "check and sign another person's pending change", _approve)
     p.add_argument("change_id", help="change id, as `signer keys changes` shows it")
     p = command("retire", "stop a key from signing (needs approval)", _retire)
     p.add_argument("key_id", help=key_id_help)
     p.add_argument("--reason", default="", help="why, for the audit log")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="retire the only key signing its profile (signing stops); needs --reason",
+    )
+    p = command("revoke", "withdraw a compromised key at once; it leaves the trust list", _revoke)
+    p.add_argument("key_id", help=key_id_help)
+    p.add_argument("--reason", required=True, help="why, for the audit log and partners")
     p = command("destroy", "delete a retired key's private key (needs approval)", _destroy)
     p.add_argument("key_id", help=key_id_help)
     p.add_argument("--force", action="store_true", help="before its DSC expired")
@@ -68,6 +79,24 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _stub(args: argparse.Namespace) -> key_admin_pb2_grpc.KeyAdminStub:
     return key_admin_pb2_grpc.KeyAdminStub(make_channel(args, "officer"))
+
+
+def _session(args: argparse.Namespace) -> OfficerSession:
+    """The officer's signing session: changes are signed with the client certificate's key."""
+    found = connection(args, "officer")
+    credential = None
+    if found.tls is not None:
+        credential = OfficerCredential.from_files(found.tls.cert, found.tls.key)
+    channel = open_channel(found.targets[:1], found.tls, found.server_name)
+    return OfficerSession(channel, credential, officer=args.officer, timeout=60)
+
+
+def _request(args: argparse.Namespace, action: Action, **fields: Any) -> int:
+    try:
+        reply = _session(args).request(action, args.key_id, **fields)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+    return _outcome(args, reply)
 
 
 def _call(rpc: Any, request: Any) -> Any:
@@ -87,14 +116,17 @@ def key_json(key: key_admin_pb2.KeyInfo) -> dict[str, Any]:
         "key_id": key.key_id,
         "profile": key.profile,
         "label": key.label,
-        "state": key.state,
+        "stored_state": key.state,
         "effective_state": key.effective_state,
+        "signs_new_requests": key.signs_new_requests,
         "kid": key.kid.hex(),
         "not_before": _time(key.not_before, key.HasField("not_before")),
         "not_after": _time(key.not_after, key.HasField("not_after")),
         "activate_at": _time(key.activate_at, key.HasField("activate_at")),
+        "overlap_ends": _time(key.overlap_ends, key.HasField("overlap_ends")),
         "usable_until": _time(key.usable_until, key.HasField("usable_until")),
-        "signatures_total": key.signatures_total,
+        "revoked_at": _time(key.revoked_at, key.HasField("revoked_at")),
+        "signatures_since_daemon_start": key.signatures_total,
     }
 
 
@@ -108,6 +140,8 @@ def change_json(change: key_admin_pb2.PendingChange) -> dict[str, Any]:
         "approvals": list(change.approvals),
         "expires_at": _time(change.expires_at, change.HasField("expires_at")),
         "activate_at": _time(change.activate_at, change.HasField("activate_at")),
+        "reason": change.reason,
+        "force": change.force,
     }
 
 
@@ -128,19 +162,25 @@ def _list(args: argparse.Namespace) -> int:
     rows = [key_json(k) for k in reply.keys]
     if args.json:
         return _emit(args, rows, "")
+    for row in rows:
+        row["signs"] = "*" if row["signs_new_requests"] else ""
+        row["signed"] = row["signatures_since_daemon_start"]
     _print_table(
         rows,
         [
+            "signs",
             "key_id",
             "profile",
             "label",
             "effective_state",
             "kid",
-            "not_after",
+            "activate_at",
+            "overlap_ends",
             "usable_until",
-            "signatures_total",
+            "signed",
         ],
     )
+    print("* signs new requests; SIGNED counts signatures since this daemon started")
     return 0
 
 
@@ -188,7 +228,8 @@ def _outcome(args: argparse.Namespace, reply: key_admin_pb2.ChangeResponse) -> i
     else:
         text = (
             f"change {reply.change.change_id} ({reply.change.action} {reply.change.key_id})"
-            f" waits for a second officer: signer keys approve {reply.change.change_id}"
+            f" waits for another person: they check it and sign it with"
+            f" `signer keys approve {reply.change.change_id}`"
         )
     return _emit(
         args, {"applied": reply.applied, "change": change, "key": key_json(reply.key)}, text
@@ -196,29 +237,27 @@ def _outcome(args: argparse.Namespace, reply: key_admin_pb2.ChangeResponse) -> i
 
 
 def _activate(args: argparse.Namespace) -> int:
-    request = key_admin_pb2.ActivateRequest(key_id=args.key_id, officer=args.officer)
-    if args.at is not None:
-        request.activate_at.FromDatetime(args.at)
-    return _outcome(args, _call(_stub(args).Activate, request))
+    return _request(args, "activate", activate_at=args.at)
 
 
 def _approve(args: argparse.Namespace) -> int:
-    request = key_admin_pb2.ApproveRequest(change_id=args.change_id, officer=args.officer)
-    return _outcome(args, _call(_stub(args).Approve, request))
+    try:
+        reply = _session(args).approve(args.change_id)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+    return _outcome(args, reply)
 
 
 def _retire(args: argparse.Namespace) -> int:
-    request = key_admin_pb2.RetireRequest(
-        key_id=args.key_id, reason=args.reason, officer=args.officer
-    )
-    return _outcome(args, _call(_stub(args).Retire, request))
+    return _request(args, "retire", reason=args.reason, force=args.force)
 
 
 def _destroy(args: argparse.Namespace) -> int:
-    request = key_admin_pb2.DestroyRequest(
-        key_id=args.key_id, force=args.force, reason=args.reason, officer=args.officer
-    )
-    return _outcome(args, _call(_stub(args).Destroy, request))
+    return _request(args, "destroy", reason=args.reason, force=args.force)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    return _request(args, "revoke", reason=args.reason)
 
 
 def _changes(args: argparse.Namespace) -> int:
@@ -232,10 +271,19 @@ def _changes(args: argparse.Namespace) -> int:
 
 def _trust_list(args: argparse.Namespace) -> int:
     with make_client(args, "issuer") as client:
-        entries = [trust_list_entry(e.dsc_der, e.profile, e.state) for e in client.trust_list()]
-    write_trust_list(entries, args.out)
+        listed = client.trust_list()
+    entries = [trust_list_entry(e.dsc_der, e.profile, e.state) for e in listed.entries]
+    revoked = [
+        revoked_entry(
+            r.kid,
+            r.profile,
+            r.revoked_at.ToDatetime(tzinfo=UTC) if r.HasField("revoked_at") else None,
+        )
+        for r in listed.revoked
+    ]
+    write_trust_list(entries, args.out, revoked)
     return _emit(
         args,
-        {"entries": len(entries), "out": str(args.out)},
-        f"wrote {len(entries)} certificate(s) to {args.out}",
+        {"entries": len(entries), "revoked": len(revoked), "out": str(args.out)},
+        f"wrote {len(entries)} certificate(s) and {len(revoked)} revoked kid(s) to {args.out}",
     )

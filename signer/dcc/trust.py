@@ -17,8 +17,15 @@ Trust-list JSON (written by :func:`write_trust_list`, read by :meth:`TrustStore.
           "dsc_b64": "MIIB...",               // DSC DER, standard base64
           "dsc_pem": "-----BEGIN CERTIFICATE-----\\n..."
         }
+      ],
+      "revoked": [                            // keys withdrawn after a compromise
+        {"kid_b64": "...", "kid_hex": "...", "profile": "vaccination",
+         "revoked_at": "2026-03-01T08:00:00Z"}
       ]
     }
+
+A certificate whose kid is listed under ``revoked`` never verifies, whatever else the file
+holds; an exported list never has a revoked key among its entries.
 
 Reading is lenient: a bare JSON list of entries is accepted, and so is the EU gateway /
 national backend shape ``{"certificates": [{"kid": <b64>, "rawData": <b64 DER>}, ...]}``.
@@ -68,9 +75,10 @@ class TrustedKey:
 class TrustStore:
     """A set of trusted DSCs; several may share one kid (all are tried)."""
 
-    def __init__(self, keys: Iterable[TrustedKey] = ()) -> None:
-        """Create a store holding ``keys``."""
+    def __init__(self, keys: Iterable[TrustedKey] = (), revoked_kids: Iterable[bytes] = ()) -> None:
+        """A store holding ``keys``; a certificate with one of ``revoked_kids`` never verifies."""
         self._keys: list[TrustedKey] = list(keys)
+        self.revoked_kids: frozenset[bytes] = frozenset(revoked_kids)
         self.skipped: list[str] = []
 
     @classmethod
@@ -82,7 +90,7 @@ class TrustStore:
     @classmethod
     def from_trust_list(cls, document: object) -> "TrustStore":
         """Trust the entries of a parsed trust-list JSON document (see the module docstring)."""
-        store = cls()
+        store = cls(revoked_kids=_revoked_kids(document))
         for index, entry in enumerate(_entries(document)):
             try:
                 store.add(_trusted_key(entry))
@@ -149,14 +157,33 @@ def trust_list_entry(dsc_der: bytes, profile: str, state: str) -> dict[str, Any]
     }
 
 
-def trust_list_document(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Return the whole trust-list document for ``entries``."""
-    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "entries": [dict(e) for e in entries]}
+def revoked_entry(kid: bytes, profile: str, revoked_at: dt.datetime | None) -> dict[str, Any]:
+    """Return the ``revoked`` entry of one withdrawn key."""
+    return {
+        "kid_b64": base64.b64encode(kid).decode("ascii"),
+        "kid_hex": kid.hex(),
+        "profile": profile,
+        "revoked_at": _iso(revoked_at),
+    }
 
 
-def write_trust_list(entries: Iterable[Mapping[str, Any]], path: Path) -> None:
+def trust_list_document(
+    entries: Iterable[Mapping[str, Any]], revoked: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Return the whole trust-list document for ``entries`` and ``revoked`` keys."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "entries": [dict(e) for e in entries],
+        "revoked": [dict(r) for r in revoked],
+    }
+
+
+def write_trust_list(
+    entries: Iterable[Mapping[str, Any]], path: Path, revoked: Iterable[Mapping[str, Any]] = ()
+) -> None:
     """Write a trust-list JSON file atomically (temporary file, then rename)."""
-    text = json.dumps(trust_list_document(entries), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(trust_list_document(entries, revoked), indent=2, ensure_ascii=False) + "\n"
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -186,6 +213,23 @@ def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _revoked_kids(document: object) -> list[bytes]:
+    """The kids under ``revoked`` (empty for other shapes); a malformed one is an error, since
+    silently trusting a key its publisher revoked is the one outcome a verifier must avoid."""
+    if not isinstance(document, Mapping):
+        return []
+    listed = document.get("revoked", [])
+    if not isinstance(listed, list):
+        raise DccTrustError("trust list 'revoked' must be a list")
+    kids = []
+    for index, item in enumerate(listed):
+        kid = _declared_kid(item) if isinstance(item, Mapping) else None
+        if kid is None:
+            raise DccTrustError(f"trust list revoked entry {index} names no kid")
+        kids.append(kid)
+    return kids
 
 
 def _entries(document: object) -> list[Mapping[str, Any]]:

@@ -131,6 +131,8 @@ def _check_signature(
     kid = message.kid
     if kid is None:
         warnings.append("no kid in the headers; every trusted key was tried")
+    if kid is not None and kid in trust.revoked_kids:
+        return None, f"kid {kid.hex()} is revoked: its key was withdrawn, distrust this certificate"
     candidates = trust.candidates(kid)
     if not candidates:
         return None, f"unknown kid {kid.hex()}" if kid is not None else "no trusted keys"

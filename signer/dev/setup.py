@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,17 @@ from asn1crypto import pem
 
 from signer.audit.events import EventType
 from signer.audit.log import AuditLog
+from signer.client.officer import OfficerCredential
 from signer.config import Settings, check_private_file, read_pin
 from signer.dev.csca import dev_issue_certificate
 from signer.dev.tls import ensure_dev_tls
-from signer.errors import KeyNotFound
+from signer.errors import ConfigError, KeyNotFound
 from signer.hsm.api import Token, digest_signer
 from signer.hsm.pooled import PooledToken, pooled_token
 from signer.hsm.provision import init_token, token_exists
+from signer.identity import certificate_names
 from signer.keys.ceremony import KeyCeremonies, make_ceremonies
+from signer.keys.governance import Endorsement, Officers, Role
 from signer.keys.issuance import issue_self_signed_csca
 from signer.keys.lifecycle import KeyState
 from signer.keys.pem import certificate_der, certificate_pem, load_certificate
@@ -65,16 +68,23 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
             ensure_csca_certificate(token, settings, csca_key)
             if settings.audit.enabled:
                 export_audit_public_key(token, settings)
-            one_officer = replace(settings, keys=replace(settings.keys, approvals_required=1))
-            lacking = profiles_without_active_key(token, one_officer)
+            signers = dev_officers(settings)
+            # Without TLS the setup is the only person there is; with TLS it signs as the dev
+            # officers, as many as a change needs, exactly as officers do through the daemon.
+            acting = (
+                settings
+                if signers
+                else replace(settings, keys=replace(settings.keys, approvals_required=1))
+            )
+            lacking = profiles_without_active_key(token, acting)
             if lacking:
                 # Only now is the audit log opened: a running daemon holds it, and a set-up
                 # that has nothing to do must not need it.
                 if settings.audit.enabled:
                     audit_log = open_audit_log(token, settings)
-                ceremonies = _ceremonies(token, one_officer, _recorder(audit_log))
+                ceremonies = _ceremonies(token, acting, _recorder(audit_log))
                 for profile in lacking:
-                    ensure_active_key(token, settings, ceremonies, profile)
+                    ensure_active_key(token, settings, ceremonies, profile, signers)
         finally:
             if audit_log is not None:
                 audit_log.close()
@@ -138,8 +148,68 @@ def ensure_csca_certificate(token: Token, settings: Settings, csca_key: str) -> 
     log.info("wrote dev CSCA certificate %s", path)
 
 
+def dev_officers(settings: Settings) -> list[DevOfficer]:
+    """The dev officers' certificates in ``[client] cert_dir``, one per person of [officers]."""
+    folder = settings.client.cert_dir
+    if not settings.server.tls.enabled or folder is None:
+        return []
+    officers = Officers(settings.officers)
+    found: dict[str, DevOfficer] = {}
+    for cert in sorted(folder.glob("*.pem")):
+        key = cert.with_suffix(".key")
+        if not key.is_file():
+            continue
+        credential = OfficerCredential.from_files(cert, key)
+        owner = officers.person_of(certificate_names(credential.certificate_der))
+        if owner is not None and owner[0] not in found:
+            found[owner[0]] = DevOfficer(owner[0], owner[1], credential)
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class DevOfficer:
+    """A person of [officers] and the dev certificate they sign with."""
+
+    person: str
+    identity: str
+    credential: OfficerCredential
+
+    def endorse(self, role: Role, document: bytes) -> Endorsement:
+        """This officer's signed part in a change."""
+        signature = self.credential.sign(role, document)
+        return Endorsement(
+            role, self.person, self.identity, self.credential.certificate_der, signature
+        )
+
+
+def activate_as_officers(ceremonies: KeyCeremonies, key_id: str, signers: list[DevOfficer]) -> None:
+    """Request an activation as the first dev officer and approve it as the next ones."""
+    if not signers:
+        unsigned = Endorsement("request", SETUP_ACTOR, SETUP_ACTOR, b"", b"")
+        document = ceremonies.draft("activate", key_id, SETUP_ACTOR).encode()
+        ceremonies.request_change(document, unsigned)
+        return
+    document = ceremonies.draft("activate", key_id, signers[0].person).encode()
+    outcome = ceremonies.request_change(document, signers[0].endorse("request", document))
+    for approver in signers[1:]:
+        if outcome.applied:
+            return
+        outcome = ceremonies.approve(
+            outcome.change.change_id, approver.endorse("approve", document)
+        )
+    if not outcome.applied:
+        raise ConfigError(
+            f"the dev setup found {len(signers)} officer certificate(s) in [client] cert_dir, too"
+            " few to approve an activation; add persons to [officers] or lower approvals_required"
+        )
+
+
 def ensure_active_key(
-    token: Token, settings: Settings, ceremonies: KeyCeremonies, profile: str
+    token: Token,
+    settings: Settings,
+    ceremonies: KeyCeremonies,
+    profile: str,
+    signers: list[DevOfficer],
 ) -> None:
     """Give ``profile`` an active key: generate, have the dev CSCA certify, import, activate."""
     registry = ceremonies.registry
@@ -156,7 +226,7 @@ def ensure_active_key(
     if view.record.state is KeyState.PENDING:
         dsc = dev_issue_certificate(settings, token, ceremonies, view.key_id, DEV_DSC_VALIDITY)
         view = ceremonies.import_certificate(view.key_id, dsc, SETUP_ACTOR)
-    ceremonies.request_change("activate", view.key_id, SETUP_ACTOR, {"activate_at": None})
+    activate_as_officers(ceremonies, view.key_id, signers)
     log.info("profile %s: key %s active", profile, view.key_id)
 
 
