@@ -326,11 +326,8 @@ def mtls_overrides(home: Path) -> dict[str, Any]:
             }
         },
         "client": {"ca": str(tls / "ca.pem"), "cert_dir": str(tls)},
-        "roles": {
-            "issuer": ["CN=issuer"],
-            "officer": ["CN=officer", "CN=officer2"],
-            "auditor": ["CN=auditor"],
-        },
+        "roles": {"issuer": ["CN=issuer"], "auditor": ["CN=auditor"]},
+        "officers": {"alice": ["CN=officer"], "bob": ["CN=officer2"]},
     }
 
 

@@ -445,9 +445,9 @@ def test_bad_arguments_and_closed_log(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one per digest"):
         log.append(EventType.SIGN_BATCH, digests=[bytes(32)], signatures=[])
     with pytest.raises(ValueError, match="CBOR"):
-        log.append(EventType.HSM_ERROR, details={"x": object()})
+        log.append(EventType.DAEMON_START, details={"x": object()})
     with pytest.raises(ValueError, match="keys must be strings"):
-        log.append(EventType.HSM_ERROR, details={1: "x"})  # type: ignore[dict-item]
+        log.append(EventType.DAEMON_START, details={1: "x"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="identity must be a string"):
         log.append(EventType.AUTH_REFUSED, identity=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="EventType"):

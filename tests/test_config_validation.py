@@ -200,15 +200,18 @@ def test_well_formed_identities_are_kept_as_written(tmp_path: Path) -> None:
     text = MINIMAL + (
         "[roles]\n"
         'issuer = ["CN=issuance backend 01", "URI:spiffe://moh.gov.vn/dcc/backend"]\n'
-        f'officer = ["{pinned}", "sha256:{FINGERPRINT}", "DNS:officer.moh.gov.vn"]\n'
+        "[officers]\n"
+        f'alice = ["{pinned}", "DNS:officer.moh.gov.vn"]\n'
     )
-    roles = load(config(tmp_path, text)).roles
+    settings = load(config(tmp_path, text))
+    roles = settings.roles
     assert roles.issuer == ("CN=issuance backend 01", "URI:spiffe://moh.gov.vn/dcc/backend")
-    assert roles.officer == (pinned, f"sha256:{FINGERPRINT}", "DNS:officer.moh.gov.vn")
+    assert roles.officer == (pinned, "DNS:officer.moh.gov.vn")
+    assert dict(settings.officers) == {"alice": (pinned, "DNS:officer.moh.gov.vn")}
 
 
 def test_an_identity_under_two_roles_is_refused(tmp_path: Path) -> None:
-    found = problems(tmp_path, MINIMAL + '[roles]\nissuer = ["CN=x"]\nofficer = ["CN=x"]\n')
+    found = problems(tmp_path, MINIMAL + '[roles]\nissuer = ["CN=x"]\n[officers]\nal = ["CN=x"]\n')
     assert len(found) == 1
     assert found[0].startswith("[roles.officer] 'CN=x' is also listed under issuer")
     assert "allow_shared_identities = true" in found[0]
@@ -217,16 +220,16 @@ def test_an_identity_under_two_roles_is_refused(tmp_path: Path) -> None:
 def test_a_fingerprint_is_the_same_identity_in_any_spelling(tmp_path: Path) -> None:
     colons = ":".join(FINGERPRINT[i : i + 2] for i in range(0, 64, 2)).upper()
     text = MINIMAL + (
-        f'[roles]\nofficer = ["SHA256:{FINGERPRINT}"]\nauditor = ["sha256:{colons}"]\n'
+        f'[roles]\nissuer = ["SHA256:{FINGERPRINT}"]\nauditor = ["sha256:{colons}"]\n'
     )
     [found] = problems(tmp_path, text)
-    assert found.startswith("[roles.auditor]") and "also listed under officer" in found
+    assert found.startswith("[roles.auditor]") and "also listed under issuer" in found
 
 
 def test_one_identity_holding_all_three_roles_is_reported_for_each_extra_role(
     tmp_path: Path,
 ) -> None:
-    text = MINIMAL + '[roles]\nissuer = ["CN=x"]\nofficer = ["CN=x"]\nauditor = ["CN=x"]\n'
+    text = MINIMAL + ('[roles]\nissuer = ["CN=x"]\nauditor = ["CN=x"]\n[officers]\nal = ["CN=x"]\n')
     found = problems(tmp_path, text)
     assert [line.split("]")[0] for line in found] == ["[roles.officer", "[roles.auditor"]
 
@@ -234,7 +237,7 @@ def test_one_identity_holding_all_three_roles_is_reported_for_each_extra_role(
 def test_shared_identities_load_with_the_explicit_opt_in(tmp_path: Path) -> None:
     text = MINIMAL + (
         "[roles]\nallow_shared_identities = true\n"
-        'issuer = ["CN=x"]\nofficer = ["CN=x", "CN=y"]\nauditor = ["CN=x"]\n'
+        'issuer = ["CN=x"]\nauditor = ["CN=x"]\n[officers]\nal = ["CN=x", "CN=y"]\n'
     )
     roles = load(config(tmp_path, text)).roles
     assert roles.allow_shared_identities is True
@@ -349,3 +352,21 @@ def test_production_config_loads_with_one_pin_source() -> None:
     assert s.roles.allow_shared_identities is False
     text = (ROOT / "hsm_config" / "production.toml").read_text(encoding="utf-8")
     assert '\n# pin_env = "SIGNER_USER_PIN"\n' in text, "pin_env stays shown as the alternative"
+
+
+def test_officers_are_persons_and_one_identity_belongs_to_one_person(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[officers]\nalice = ["CN=officer", "CN=spare"]\nbob = ["CN=officer2", "CN=spare"]\n'
+        '"Bad Name" = ["CN=z"]\ncarol = []\n'
+    )
+    found = problems(tmp_path, text)
+    assert any(
+        line.startswith("[officers.bob] 'CN=spare' is also listed for alice") for line in found
+    )
+    assert any(line.startswith("[officers.Bad Name] a person's name") for line in found)
+    assert any(line.startswith("[officers.carol] is required") for line in found)
+
+
+def test_the_old_officer_role_list_is_refused_with_the_way_forward(tmp_path: Path) -> None:
+    [found] = problems(tmp_path, MINIMAL + '[roles]\nofficer = ["CN=officer"]\n')
+    assert found.startswith("[roles.officer] officers are persons now")

@@ -130,7 +130,7 @@ def _documented_keys(text: str) -> set[str]:
         if header:
             section = header.group(1)
             continue
-        setting = re.match(r"^#?\s*([a-z][a-z0-9_]*)\s*=\s*(?:[\"\[]|-?\d|true|false)", line)
+        setting = re.match(r"^#?\s*([a-z][a-z0-9_.-]*)\s*=\s*(?:[\"\[]|-?\d|true|false)", line)
         if setting:
             found.add(f"{section}.{setting.group(1)}" if section else setting.group(1))
     return found
@@ -213,6 +213,8 @@ def test_alert_rules_use_only_real_metrics_and_tell_oncall_what_to_do() -> None:
         "SignerSignBatchLatencyHigh",
         "SignerAuthRefusalsSpike",
         "SignerQuotaRejections",
+        "SignerKeyRecordRejected",
+        "SignerKeyRevoked",
     ):
         assert expected in alerts
     for metric in (

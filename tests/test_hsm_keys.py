@@ -44,14 +44,15 @@ def token(settings: Settings) -> Iterator[PooledToken]:
 
 
 @contextlib.contextmanager
-def own_session(settings: Settings) -> Iterator[pkcs11.Session]:
-    """A session of this test process on the appliance's token (module unloaded after)."""
+def own_session(settings: Settings, rw: bool = False) -> Iterator[pkcs11.Session]:
+    """A session of this test process on the appliance's token (module unloaded after): what
+    someone holding only the user PIN can do, outside the daemon."""
     for name, value in settings.hsm.environment().items():
         os.environ[name] = value
     lib = pkcs11.lib(str(settings.hsm.module))
     try:
         token = lib.get_token(token_label=settings.hsm.token_label)
-        with token.open(rw=False, user_pin=read_pin(settings.hsm)) as session:
+        with token.open(rw=rw, user_pin=read_pin(settings.hsm)) as session:
             yield session
     finally:
         pkcs11.unload(str(settings.hsm.module))

@@ -35,8 +35,9 @@ from signer.errors import PolicyError
 from signer.hsm.pool import WorkerPool
 from signer.hsm.pooled import PooledToken
 from signer.keys.ceremony import KeyCeremonies, make_ceremonies
+from signer.keys.governance import Endorsement
 from signer.keys.pem import csr_pem
-from signer.keys.registry import KeyRegistry, make_registry
+from signer.keys.registry import KeyRegistry, governance_from, make_registry
 from signer.sigformat import raw_to_der
 from signer.store.select import open_store
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc, signing_pb2
@@ -123,7 +124,7 @@ def generate(appliance: Appliance, label: str, folder: Path, officer: str = "ali
         str(folder / f"{label}.csr"),
         officer=officer,
     )
-    assert out["state"] == "pending" and out["kid"] == ""
+    assert out["stored_state"] == "pending" and out["kid"] == ""
     return str(out["key_id"])
 
 
@@ -147,7 +148,7 @@ def ready_key(appliance: Appliance, label: str, folder: Path) -> tuple[str, byte
     key_id = generate(appliance, label, folder)
     dsc = dev_cert(appliance, key_id, folder / f"{label}.pem")
     out = keys(appliance, "import-cert", key_id, str(dsc))
-    assert out["state"] == "ready"
+    assert out["stored_state"] == "ready"
     return key_id, bytes.fromhex(out["kid"])
 
 
@@ -204,7 +205,7 @@ def test_full_ceremony_through_the_cli(make_appliance: MakeAppliance, tmp_path: 
     assert dsc.public_key() == csr.public_key()
     imported = keys(app, "import-cert", new_id, str(dsc_path))
     new_kid = hashlib.sha256(dsc.public_bytes(serialization.Encoding.DER)).digest()[:8]
-    assert imported["state"] == "ready" and imported["kid"] == new_kid.hex()
+    assert imported["stored_state"] == "ready" and imported["kid"] == new_kid.hex()
     assert refused(app, "import-cert", new_id, str(dsc_path)).count("certificate import refused")
 
     # 3. activation at T under dual control
@@ -220,7 +221,7 @@ def test_full_ceremony_through_the_cli(make_appliance: MakeAppliance, tmp_path: 
     assert key_set(app)[new_id][0] == "ready"
     approved = keys(app, "approve", change_id, officer="bob")
     assert approved["applied"] is True
-    assert approved["key"]["state"] == "scheduled"
+    assert approved["key"]["stored_state"] == "scheduled"
     assert approved["key"]["activate_at"] == at.isoformat()
     assert keys(app, "changes") == []
     assert datetime.now(UTC) < at - timedelta(seconds=1), "the test was too slow to reach T"
@@ -253,8 +254,12 @@ def test_full_ceremony_through_the_cli(make_appliance: MakeAppliance, tmp_path: 
     states = key_set(app)
     assert states[new_id][:2] == ("scheduled", "active")
     listed = {k["key_id"]: k for k in keys(app, "list")}
-    assert listed[new_id]["signatures_total"] == 5
-    assert listed[old.key_id]["signatures_total"] == 10
+    assert listed[new_id]["signatures_since_daemon_start"] == 5
+    assert listed[old.key_id]["signatures_since_daemon_start"] == 10
+    assert listed[new_id]["signs_new_requests"] and not listed[old.key_id]["signs_new_requests"]
+    assert (
+        listed[old.key_id]["overlap_ends"] == (at + timedelta(seconds=OVERLAP_SECONDS)).isoformat()
+    )
     assert states[old.key_id][1] == "active"  # still signing in its overlap
 
     # 6. after the overlap the old kid is refused with the new kid in the trailers
@@ -277,10 +282,10 @@ def test_full_ceremony_through_the_cli(make_appliance: MakeAppliance, tmp_path: 
     destroy = keys(app, "destroy", old.key_id, "--force", "--reason", "ceremony test")
     assert destroy["applied"] is False
     done = keys(app, "approve", destroy["change"]["change_id"], officer="carol")
-    assert done["applied"] is True and done["key"]["state"] == "destroyed"
+    assert done["applied"] is True and done["key"]["stored_state"] == "destroyed"
     final = key_set(app)
     table = app.cli("keys", "list", "--config", str(app.config_path)).stdout.decode()
-    assert table.startswith("KEY_ID") and f"{old.key_id}  vaccination" in table
+    assert table.startswith("SIGNS  KEY_ID") and f"{old.key_id}  vaccination" in table
     assert final[old.key_id][:2] == ("destroyed", "destroyed")
     assert final[new_id][:2] == ("scheduled", "active")
     gone = sign_refusal(app, old.kid)
@@ -537,12 +542,13 @@ def test_expired_change_cannot_be_approved(officers: Officers) -> None:
         store,
         settings.keys,
         (PROFILE,),
+        governance_from(settings),
         clock=lambda: datetime.now(UTC) + timedelta(minutes=2),
     )
     registry.refresh()
     late = KeyCeremonies(registry, officers.token, store, settings.keys)
     with pytest.raises(PolicyError, match="expired at"):
-        late.approve(change.change_id, "bob")
+        late.approve(change.change_id, Endorsement("approve", "bob", "bob", b"", b""))
     assert officers.changes() == []
     refusal(lambda: officers.approve(change.change_id, "bob"), grpc.StatusCode.NOT_FOUND)
     assert key_set(app) == before
@@ -578,7 +584,12 @@ def test_dual_control_refusals(officers: Officers) -> None:
     at = datetime.now(UTC) + timedelta(hours=1)
     change = officers.activate(first, at).change.change_id
     for me in ("alice", " Alice ", "ALICE"):
-        refusal(lambda m=me: officers.approve(change, m), precondition, "cannot approve")
+        refusal(
+            lambda m=me: officers.approve(change, m),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "alice requested change",
+            "cannot approve",
+        )
     assert "cannot approve" in refused(app, "approve", change, officer="alice")
     assert key_set(app) == before
     (pending,) = officers.changes()

@@ -1,5 +1,6 @@
-"""Registry and ceremony logic against the in-memory boundary: rotation, overlap, dual control,
-conditional writes. Milliseconds per test; the SoftHSM suite proves the same on a real token."""
+"""Registry and ceremony logic against the in-memory boundary: rotation, overlap, signed dual
+control, conditional writes, forged and replayed records, guard rails, revocation.
+Milliseconds per test; the SoftHSM suite proves the same on a real token and daemon."""
 
 from __future__ import annotations
 
@@ -11,18 +12,48 @@ from typing import Any
 import pytest
 
 from signer.config import KeySettings
-from signer.errors import KeyNotFound, KidNotAccepted, PolicyError, StoreConflict
+from signer.errors import (
+    InvalidRequest,
+    KeyNotFound,
+    KidNotAccepted,
+    PermissionDenied,
+    PolicyError,
+    StoreConflict,
+)
 from signer.hsm.api import digest_signer
-from signer.keys.ceremony import KeyCeremonies
+from signer.keys.ceremony import ChangeOutcome, KeyCeremonies
+from signer.keys.governance import (
+    Action,
+    Endorsement,
+    Governance,
+    GovernanceError,
+    Officers,
+    Role,
+    sign_document,
+)
 from signer.keys.issuance import issue_dsc_from_csr, issue_self_signed_csca
 from signer.keys.lifecycle import KeyState
 from signer.keys.profiles import eku_for_profile
 from signer.keys.registry import KeyRegistry
 from signer.store.api import RecordKind, RecordStore, StoredRecord
 from tests.memory_boundary import MemoryRecordStore, MemoryToken
+from tests.officer_certs import Credential, make_ca, make_client
 
 PROFILE = "vaccination"
 T0 = datetime.now(UTC).replace(microsecond=0)
+CA = make_ca()
+PEOPLE: dict[str, list[Credential]] = {
+    "alice": [make_client(CA, "officer"), make_client(CA, "officer-laptop")],
+    "bob": [make_client(CA, "officer2")],
+    "carol": [make_client(CA, "officer3")],
+}
+OFFICERS = Officers(
+    {
+        "alice": ("CN=officer", "CN=officer-laptop"),
+        "bob": ("CN=officer2",),
+        "carol": ("CN=officer3",),
+    }
+)
 
 
 @dataclass
@@ -43,10 +74,18 @@ class Appliance:
     settings: KeySettings
     csca_der: bytes
     events: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.governance = Governance(OFFICERS, CA.certificate, self.settings.approvals_required)
         self.registry = KeyRegistry(
-            self.token, self.store, self.settings, (PROFILE,), clock=self.clock
+            self.token,
+            self.store,
+            self.settings,
+            (PROFILE,),
+            self.governance,
+            clock=self.clock,
+            on_rejected=lambda key_id, problem: self.rejected.append((key_id, problem)),
         )
         self.registry.refresh()
         self.ceremonies = KeyCeremonies(
@@ -56,6 +95,7 @@ class Appliance:
             self.settings,
             on_event=lambda name, details: self.events.append((name, details)),
             csca_der=self.csca_der,
+            reserved_labels=("signer-audit",),
         )
 
     def certify(self, key_id: str) -> bytes:
@@ -74,8 +114,30 @@ class Appliance:
         self.ceremonies.import_certificate(view.key_id, self.certify(view.key_id), "alice")
         return view.key_id
 
+    def request(
+        self, action: Action, key_id: str, person: str = "alice", cert: int = 0, **fields: Any
+    ) -> ChangeOutcome:
+        document = self.ceremonies.draft(action, key_id, person, **fields).encode()
+        return self.ceremonies.request_change(document, endorse(person, "request", document, cert))
+
+    def approve(self, change_id: str, person: str, cert: int = 0) -> ChangeOutcome:
+        documents = {c.change_id: c.signed.document for c in self.ceremonies.pending_changes()}
+        endorsement = endorse(person, "approve", documents.get(change_id, b""), cert)
+        return self.ceremonies.approve(change_id, endorsement)
+
+    def activate_now(self, key_id: str) -> None:
+        outcome = self.request("activate", key_id)
+        if not outcome.applied:
+            self.approve(outcome.change.change_id, "bob")
+
     def event_names(self) -> list[str]:
         return [name for name, _ in self.events]
+
+
+def endorse(person: str, role: Role, document: bytes, cert: int = 0) -> Endorsement:
+    credential = PEOPLE[person][cert]
+    signature = sign_document(credential.key, role, document)
+    return Endorsement(role, person, f"cert {cert}", credential.der, signature)
 
 
 def csca(token: MemoryToken) -> bytes:
@@ -108,10 +170,11 @@ def test_generate_import_activate_then_sign() -> None:
         app.registry.signing_key(PROFILE)
     ready = app.ceremonies.import_certificate(view.key_id, app.certify(view.key_id), "alice")
     assert ready.record.state is KeyState.READY and ready.dsc_der is not None
-    outcome = app.ceremonies.request_change("activate", view.key_id, "alice", {})
+    outcome = app.request("activate", view.key_id)
     assert outcome.applied
     signing = app.registry.signing_key(PROFILE)
     assert signing.key_id == view.key_id and signing.record.kid is not None
+    assert signing.signs_new_requests
     assert app.registry.key_for_kid(PROFILE, signing.record.kid).key_id == view.key_id
     assert app.event_names() == [
         "key_generated",
@@ -120,15 +183,16 @@ def test_generate_import_activate_then_sign() -> None:
         "change_requested",
         "activation_scheduled",
     ]
+    assert app.rejected == []
 
 
 def test_rotation_keeps_the_old_kid_for_the_overlap_then_names_the_new_one() -> None:
     app = make()
     old = app.ready_key("old")
-    app.ceremonies.request_change("activate", old, "alice", {})
+    app.activate_now(old)
     new = app.ready_key("new")
     at = T0 + timedelta(hours=1)
-    app.ceremonies.request_change("activate", new, "alice", {"activate_at": at})
+    app.request("activate", new, activate_at=at)
     old_kid = app.registry.key(old).record.kid
     new_kid = app.registry.key(new).record.kid
     assert old_kid is not None and new_kid is not None
@@ -137,6 +201,8 @@ def test_rotation_keeps_the_old_kid_for_the_overlap_then_names_the_new_one() -> 
     app.clock.now = at + timedelta(seconds=1)
     assert app.registry.signing_key(PROFILE).key_id == new
     assert app.registry.key_for_kid(PROFILE, old_kid).key_id == old  # inside the overlap
+    assert app.registry.key(old).overlap_ends == at + app.settings.overlap
+    assert not app.registry.key(old).signs_new_requests
 
     app.clock.now = at + app.settings.overlap + timedelta(seconds=1)
     with pytest.raises(KidNotAccepted) as refused:
@@ -148,36 +214,64 @@ def test_rotation_keeps_the_old_kid_for_the_overlap_then_names_the_new_one() -> 
 def test_a_takeover_waits_two_refresh_intervals_so_every_daemon_knows_first() -> None:
     app = make()
     first = app.ready_key("first")
-    app.ceremonies.request_change("activate", first, "alice", {})
+    app.activate_now(first)
     second = app.ready_key("second")
-    outcome = app.ceremonies.request_change("activate", second, "alice", {"activate_at": None})
+    outcome = app.request("activate", second)
     assert outcome.key.record.activate_at == T0 + 2 * app.settings.refresh_interval
 
 
-def test_dual_control_needs_a_second_officer() -> None:
+def test_dual_control_needs_a_second_person_not_a_second_certificate() -> None:
     app = make(approvals=2)
     key_id = app.ready_key("dual")
-    outcome = app.ceremonies.request_change("activate", key_id, "alice", {})
+    outcome = app.request("activate", key_id)
     assert not outcome.applied
-    assert [c.change_id for c in app.ceremonies.pending_changes()] == [outcome.change.change_id]
-    with pytest.raises(PolicyError):
-        app.ceremonies.approve(outcome.change.change_id, "alice")
+    change_id = outcome.change.change_id
+    assert [c.change_id for c in app.ceremonies.pending_changes()] == [change_id]
+    for cert in (0, 1):  # alice's own certificate, then her second one
+        with pytest.raises(PermissionDenied, match="alice requested change"):
+            app.approve(change_id, "alice", cert)
     assert app.registry.key(key_id).record.state is KeyState.READY
-    applied = app.ceremonies.approve(outcome.change.change_id, "bob")
+    applied = app.approve(change_id, "bob")
     assert applied.applied
     assert app.registry.signing_key(PROFILE).key_id == key_id
     assert app.ceremonies.pending_changes() == []
     with pytest.raises(KeyNotFound):
-        app.ceremonies.approve(outcome.change.change_id, "carol")
+        app.approve(change_id, "carol")
+    details = dict(app.events)["activation_scheduled"]
+    assert details["officers"] == "alice, bob"
+
+
+def test_a_signature_for_someone_else_or_over_other_bytes_is_refused() -> None:
+    app = make(approvals=2)
+    key_id = app.ready_key("forged")
+    document = app.ceremonies.draft("activate", key_id, "alice").encode()
+    as_bob = endorse("bob", "request", document)
+    with pytest.raises(PermissionDenied, match="names 'alice' as requester, but bob signed"):
+        app.ceremonies.request_change(document, as_bob)
+    other = app.ceremonies.draft("retire", key_id, "alice", reason="x").encode()
+    stolen = replace(endorse("alice", "request", other), role="request")
+    with pytest.raises(GovernanceError, match="does not verify"):
+        app.ceremonies.request_change(document, stolen)
+    assert app.store.load_all(RecordKind.CHANGE) == {}
+
+
+def test_a_stale_draft_is_refused() -> None:
+    app = make()
+    key_id = app.ready_key("stale")
+    document = app.ceremonies.draft("activate", key_id, "alice").encode()
+    app.clock.now = T0 + timedelta(hours=1)
+    with pytest.raises(PolicyError, match="draft it again"):
+        app.ceremonies.request_change(document, endorse("alice", "request", document))
 
 
 def test_an_expired_change_is_dropped_and_refused() -> None:
     app = make(approvals=2)
     key_id = app.ready_key("late")
-    change = app.ceremonies.request_change("activate", key_id, "alice", {}).change
+    change = app.request("activate", key_id).change
+    [pending] = app.ceremonies.pending_changes()
     app.clock.now = T0 + app.settings.change_ttl + timedelta(seconds=1)
     with pytest.raises(PolicyError, match="expired at"):
-        app.ceremonies.approve(change.change_id, "bob")
+        app.ceremonies.approve(change.change_id, endorse("bob", "approve", pending.signed.document))
     assert app.store.load_all(RecordKind.CHANGE) == {}
     assert "change_expired" in app.event_names()
     assert app.registry.key(key_id).record.state is KeyState.READY
@@ -206,11 +300,11 @@ class RacingStore:
 def test_two_racing_approvals_across_two_daemons_apply_once() -> None:
     first = make(approvals=2)
     key_id = first.ready_key("raced")
-    change = first.ceremonies.request_change("activate", key_id, "alice", {}).change
-    racing = RacingStore(first.store, lambda: first.ceremonies.approve(change.change_id, "carol"))
+    change = first.request("activate", key_id).change
+    racing = RacingStore(first.store, lambda: first.approve(change.change_id, "carol"))
     second = sibling(first, racing)
     with pytest.raises(StoreConflict, match="another officer or appliance"):
-        second.ceremonies.approve(change.change_id, "bob")
+        second.approve(change.change_id, "bob")
     applied = first.event_names().count("activation_scheduled")
     applied += second.event_names().count("activation_scheduled")
     assert applied == 1
@@ -219,34 +313,124 @@ def test_two_racing_approvals_across_two_daemons_apply_once() -> None:
     assert second.registry.signing_key(PROFILE).key_id == key_id
 
 
-def test_a_stale_key_record_write_is_refused() -> None:
-    first = make()
-    key_id = first.ready_key("contested")
-    second = sibling(first)
-    first.ceremonies.request_change("activate", key_id, "alice", {})
-    stale = second.registry.snapshot.records[key_id]
-    assert second.registry.snapshot.generations[key_id] == 2  # generated, then certified
-    with pytest.raises(StoreConflict):
-        second.store.put(
-            RecordKind.KEY,
-            key_id,
-            second.registry.snapshot.generations[key_id],
-            replace(stale, label="rewritten").to_cbor(),
-        )
-    first.registry.refresh()
-    assert first.registry.key(key_id).record.label == "contested"
+def test_a_record_rewritten_without_signatures_is_not_acted_on() -> None:
+    """What someone holding only the PIN (or write access to the store) can do, and gets."""
+    app = make(approvals=2)
+    active = app.ready_key("active")
+    app.activate_now(active)
+    waiting = app.ready_key("waiting")
+    other = sibling(app)
+    stored = app.store.load_all(RecordKind.KEY)[waiting]
+    record = app.registry.key(waiting).record
+    forged = replace(record, state=KeyState.SCHEDULED, activate_at=T0 - timedelta(hours=1))
+    app.store.put(RecordKind.KEY, waiting, stored.generation, forged.to_cbor())
+    for daemon in (app, other):
+        daemon.registry.refresh()
+        assert daemon.registry.signing_key(PROFILE).key_id == active
+        assert daemon.registry.key(waiting).record.state is KeyState.READY
+        assert [key for key, _ in daemon.rejected] == [waiting]
+        assert "needs the signed change behind it" in daemon.rejected[0][1]
+    app.registry.refresh()  # reported once per stored version, not on every refresh
+    assert len(app.rejected) == 1
+
+
+def test_an_activation_moved_earlier_or_a_signature_moved_to_another_key_is_refused() -> None:
+    app = make()
+    first = app.ready_key("first")
+    app.activate_now(first)
+    second = app.ready_key("second")
+    later = T0 + timedelta(days=1)
+    app.request("activate", second, activate_at=later)
+    stored = app.store.load_all(RecordKind.KEY)[second]
+    earlier = replace(app.registry.key(second).record, activate_at=T0 + timedelta(minutes=1))
+    app.store.put(RecordKind.KEY, second, stored.generation, earlier.to_cbor())
+    app.registry.refresh()
+    assert "activates earlier" in app.rejected[-1][1]
+    assert app.registry.key(second).record.activate_at == later
+    third = app.ready_key("third")
+    authority = app.registry.key(second).record.authority
+    stored = app.store.load_all(RecordKind.KEY)[third]
+    moved = replace(
+        app.registry.key(third).record,
+        state=KeyState.SCHEDULED,
+        activate_at=later,
+        authority=authority,
+    )
+    app.store.put(RecordKind.KEY, third, stored.generation, moved.to_cbor())
+    app.registry.refresh()
+    assert "for another key" in app.rejected[-1][1]
+    assert app.registry.key(third).record.state is KeyState.READY
+
+
+def test_a_replayed_older_record_cannot_bring_a_retired_key_back() -> None:
+    app = make()
+    old = app.ready_key("old")
+    app.activate_now(old)
+    active_version = app.store.load_all(RecordKind.KEY)[old]
+    new = app.ready_key("new")
+    app.request("activate", new)
+    app.clock.now = T0 + timedelta(minutes=1)
+    app.request("retire", old, reason="rotated")
+    retired = app.store.load_all(RecordKind.KEY)[old]
+    app.store.put(RecordKind.KEY, old, retired.generation, active_version.value)
+    app.registry.refresh()
+    assert "moves the key back from retired" in app.rejected[-1][1]
+    assert app.registry.key(old).record.state is KeyState.RETIRED
+
+
+def test_retiring_the_only_signing_key_needs_force_and_a_reason() -> None:
+    app = make()
+    only = app.ready_key("only")
+    app.activate_now(only)
+    before = dict(app.store.load_all(RecordKind.KEY))
+    with pytest.raises(PolicyError, match="only key signing profile 'vaccination'"):
+        app.request("retire", only, reason="routine")
+    with pytest.raises(PolicyError, match="give a reason"):
+        app.request("retire", only, force=True)
+    assert dict(app.store.load_all(RecordKind.KEY)) == before
+    outcome = app.request("retire", only, force=True, reason="signing must stop: incident 7")
+    assert outcome.applied and outcome.key.record.state is KeyState.RETIRED
+    details = dict(app.events)["retired"]
+    assert details["reason"] == "signing must stop: incident 7" and details["force"] is True
+
+
+def test_a_revoked_key_stops_at_once_and_leaves_the_trust_list() -> None:
+    app = make(approvals=2)
+    old = app.ready_key("old")
+    app.activate_now(old)
+    new = app.ready_key("new")
+    app.activate_now(new)
+    app.clock.now += 2 * app.settings.refresh_interval + timedelta(seconds=1)
+    old_kid = app.registry.key(old).record.kid
+    assert old_kid is not None
+    assert app.registry.key_for_kid(PROFILE, old_kid).key_id == old  # overlap
+    outcome = app.request("revoke", old, person="carol", reason="private key exposed")
+    assert outcome.applied  # one person suffices to stop a key
+    with pytest.raises(KidNotAccepted) as refused:
+        app.registry.key_for_kid(PROFILE, old_kid)
+    assert refused.value.current_kid == app.registry.key(new).record.kid
+    assert [v.key_id for v in app.registry.trust_list()] == [new]
+    assert [r.key_id for r in app.registry.snapshot.revoked()] == [old]
+    assert dict(app.events)["revoked"]["reason"] == "private key exposed"
+    with pytest.raises(PolicyError, match="revocation refused"):
+        app.request("revoke", old, reason="again")
+    with pytest.raises(KeyNotFound):
+        app.request("revoke", "00" * 8, reason="unknown")
+    sibling(app).registry.refresh()
 
 
 def test_refusals_change_nothing() -> None:
     app = make()
     key_id = app.ready_key("only")
-    app.ceremonies.request_change("activate", key_id, "alice", {})
+    app.activate_now(key_id)
     before = dict(app.store.load_all(RecordKind.KEY))
     with pytest.raises(PolicyError, match="retire it first"):
-        app.ceremonies.request_change("destroy", key_id, "alice", {"reason": "x"})
+        app.request("destroy", key_id, reason="x")
     with pytest.raises(PolicyError, match="label"):
         app.ceremonies.generate(PROFILE, "", "alice")
+    with pytest.raises(InvalidRequest, match="reserved"):
+        app.ceremonies.generate(PROFILE, "signer-audit", "alice")
     with pytest.raises(KeyNotFound):
-        app.ceremonies.request_change("retire", "00" * 8, "alice", {})
+        app.request("retire", "00" * 8)
     assert dict(app.store.load_all(RecordKind.KEY)) == before
     assert app.store.load_all(RecordKind.CHANGE) == {}

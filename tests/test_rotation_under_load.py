@@ -252,9 +252,12 @@ def test_second_daemon_on_the_token_follows_a_rotation(
     load.finish()
     check_load(load, old.kid, new_kid, takeover, {old.kid: old.dsc_der, new_kid: new_dsc})
 
-    # retiring through A stops the new key on B too
+    # retiring the only key through A (forced: signing stops) stops it on B too
     retired = a.key_admin().Retire(
-        key_admin_pb2.RetireRequest(key_id=new_id, reason="test", officer="alice"), timeout=30
+        key_admin_pb2.RetireRequest(
+            key_id=new_id, reason="test: stop signing", force=True, officer="alice"
+        ),
+        timeout=30,
     )
     assert retired.applied
     gone = _poll(lambda: key_set(b)[new_id][0] == "retired")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from signer.client.officer import OfficerCredential, OfficerSession
 from signer.v1 import audit_pb2, audit_pb2_grpc, key_admin_pb2, signing_pb2
 from tests.conftest import Appliance, children_of, metric_value
 
@@ -143,10 +144,13 @@ def test_officer_identity_comes_from_the_certificate(secured: Appliance) -> None
         key_admin_pb2.GenerateKeyRequest(profile=PROFILE, label="mtls-test", officer="mallory"),
         timeout=30,
     )
-    changes = secured.key_admin("officer").Retire(
-        key_admin_pb2.RetireRequest(key_id=reply.key.key_id, officer="mallory"), timeout=30
+    assert secured.tls_dir is not None
+    credential = OfficerCredential.from_files(
+        secured.tls_dir / "officer.pem", secured.tls_dir / "officer.key"
     )
-    assert changes.change.requested_by == "CN=officer"
+    session = OfficerSession(secured.channel("officer"), credential, officer="mallory")
+    changes = session.request("retire", reply.key.key_id, reason="mtls test")
+    assert changes.change.requested_by == "alice"  # the person of [officers], not the claim
 
 
 @pytest.mark.parametrize("kind", ["none", "other_ca", "expired"])
