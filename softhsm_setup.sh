@@ -4,7 +4,8 @@
 #
 #   ./softhsm_setup.sh               system packages, .venv, dev token, keys and certificates
 #   ./softhsm_setup.sh --test-tools  the same, plus the tools the test suite calls
-#                                    (zbarimg to decode QR codes, promtool to lint metrics/rules)
+#                                    (zbarimg to decode QR codes, promtool to lint metrics/rules,
+#                                    PostgreSQL's initdb/pg_ctl for the record-store tests)
 #
 # PINs are generated into data/secrets/ (mode 600) and never printed or passed on a command line.
 set -euo pipefail
@@ -17,7 +18,7 @@ TEST_TOOLS=0
 for arg in "$@"; do
   case "$arg" in
     --test-tools) TEST_TOOLS=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "softhsm_setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -45,12 +46,15 @@ command -v openssl >/dev/null || need+=(openssl)
 if [ "$TEST_TOOLS" -eq 1 ]; then
   command -v zbarimg >/dev/null || need+=(zbar-tools)
   command -v promtool >/dev/null || need+=(prometheus)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 fi
 apt_install "${need[@]+"${need[@]}"}"
-if [ "$TEST_TOOLS" -eq 1 ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
-  # Only promtool is wanted from the prometheus package, not a running server.
-  systemctl disable --now prometheus >/dev/null 2>&1 || true
-fi
+for service in prometheus postgresql; do
+  if [ "$TEST_TOOLS" -eq 1 ] && systemctl is-enabled "$service" >/dev/null 2>&1; then
+    # Only the tools are wanted from these packages; the tests start their own PostgreSQL.
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 "$PYTHON" - <<'PY' || { echo "Python >= 3.11 is required (set PYTHON=...)" >&2; exit 1; }
 import sys

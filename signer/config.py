@@ -8,6 +8,7 @@ environment variable named here.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
@@ -179,6 +180,33 @@ class LogSettings:
     json: bool = False
 
 
+class StoreBackend(enum.StrEnum):
+    """Where key lifecycle records and pending changes are kept (DESIGN.md §3.3)."""
+
+    TOKEN = "token"  # noqa: S105 (a backend's name, not a password)
+    DIRECTORY = "directory"
+    POSTGRESQL = "postgresql"
+
+
+# The keys of [store] each backend reads; any other is a mistake worth reporting.
+_STORE_KEYS = {
+    StoreBackend.TOKEN: (),
+    StoreBackend.DIRECTORY: ("path",),
+    StoreBackend.POSTGRESQL: ("dsn", "password_file"),
+}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The record store: the token's data objects, a folder, or a PostgreSQL database."""
+
+    backend: StoreBackend = StoreBackend.TOKEN
+    path: Path | None = None
+    # A libpq connection string without the password, which only ever comes from password_file.
+    dsn: str | None = None
+    password_file: Path | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a daemon needs, validated."""
@@ -197,6 +225,7 @@ class Settings:
     officers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Security officers as persons: name -> the certificate identities that person uses.
     Every listed identity holds the officer role; dual control counts persons."""
+    store: StoreSettings = field(default_factory=StoreSettings)
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -235,6 +264,7 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         profiles=_tuple(reader.str_list("profiles")),
         client=_client(reader.table("client")),
         officers=MappingProxyType(officers),
+        store=_store(reader.table("store")),
     )
     reader.reject_unknown()
     problems += _profile_problems(settings.profiles)
@@ -307,6 +337,16 @@ def read_pin(hsm: HsmSettings) -> str:
             raise ConfigError(f"PIN file {hsm.pin_file} is empty")
         return pin
     raise ConfigError(f"[hsm] {_pin_source_problem(hsm.pin_file, hsm.pin_env)}")
+
+
+def read_store_password(path: Path) -> str:
+    """The record store's database password from its file, refused like a PIN file when
+    others may read it; only a trailing line break is removed."""
+    check_private_file(path, "store password file")
+    password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"store password file {path} is empty")
+    return password
 
 
 def _pin_source_problem(pin_file: Path | None, pin_env: str | None) -> str | None:
@@ -445,15 +485,15 @@ class _Reader:
         self._children.append(child)
         return child
 
-    def text(self, key: str, nonempty: bool = False) -> str | None:
+    def text(self, key: str, nonempty: bool = False, show: bool = True) -> str | None:
         value: str | None = self._get(key, str, None)
         if value is None:
             return None
         if _has_control_characters(value):
-            self.problem(key, "must not contain control characters", value)
+            self.problem(key, "must not contain control characters", value if show else _HIDDEN)
             return None
         if nonempty and not value.strip():
-            self.problem(key, "must not be empty", value)
+            self.problem(key, "must not be empty", value if show else _HIDDEN)
             return None
         return value
 
@@ -461,7 +501,7 @@ class _Reader:
         self, key: str, pattern: re.Pattern[str], expected: str, show: bool = True
     ) -> str | None:
         """A string that ``pattern`` matches entirely."""
-        value = self.text(key)
+        value = self.text(key, show=show)
         if value is None or pattern.fullmatch(value):
             return value
         self.problem(key, f"must be {expected}", value if show else _HIDDEN)
@@ -713,3 +753,42 @@ def _log(t: _Reader) -> LogSettings:
         t.problem("level", f"must be {choices}", level)
         level = None
     return _build(LogSettings, level=level and level.upper(), json=t.flag("json"))
+
+
+def _store(t: _Reader) -> StoreSettings:
+    name = t.text("backend")
+    backend = None
+    if name is not None:
+        try:
+            backend = StoreBackend(name)
+        except ValueError:
+            choices = ", ".join(b.value for b in list(StoreBackend)[:-1])
+            t.problem("backend", f"must be {choices} or {list(StoreBackend)[-1].value}", name)
+    path = t.path("path")
+    # Never shown: it may hold a password typed here by mistake.
+    dsn = t.text("dsn", nonempty=True, show=False)
+    if dsn is not None:
+        dsn = _checked_dsn(t, dsn)
+    password_file = t.path("password_file")
+    if backend is StoreBackend.DIRECTORY and path is None:
+        t.missing("path", "the folder of the records, relative to this file")
+    if backend is StoreBackend.POSTGRESQL and dsn is None:
+        t.missing("dsn", "a libpq connection string such as 'host=db.example dbname=signer'")
+    if not t.reported("backend"):
+        chosen = backend or StoreBackend.TOKEN
+        given = {"path": path, "dsn": dsn, "password_file": password_file}
+        for key in sorted(k for k, v in given.items() if v is not None):
+            if key not in _STORE_KEYS[chosen]:
+                t.problem(key, f"is not used with backend = {chosen.value!r}")
+    return _build(StoreSettings, backend=backend, path=path, dsn=dsn, password_file=password_file)
+
+
+def _checked_dsn(t: _Reader, dsn: str) -> str | None:
+    # Imported here: psycopg takes a tenth of a second to load, paid only by configs using it.
+    from signer.store.dsn import dsn_problem
+
+    problem = dsn_problem(dsn)
+    if problem is None:
+        return dsn
+    t.problem("dsn", problem)
+    return None

@@ -76,6 +76,11 @@ class QuotaExceeded(SignerError):
         return (type(self), (str(self), self.retry_after))
 
 
+class StoreUnavailable(SignerError):
+    """The record store (a database or a shared folder) cannot be reached right now; the next
+    request tries again."""
+
+
 class StoreConflict(SignerError):
     """A record changed between reading and writing it (another officer or appliance wrote
     first); reload and retry."""

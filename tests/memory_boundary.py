@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from signer.errors import InvalidRequest, KeyNotFound
 from signer.hsm.api import GeneratedKey
 from signer.sigformat import SignatureEncoding, der_to_raw
-from signer.store.api import ABSENT, RecordKind, StoredRecord, check_name, conflict
+from signer.store.api import (
+    ABSENT,
+    RecordKind,
+    StoredRecord,
+    check_name,
+    conflict,
+    new_store_id,
+)
 
 
 @dataclass
@@ -94,6 +101,7 @@ class MemoryRecordStore:
 
     records: dict[tuple[RecordKind, str], StoredRecord] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ident: str = field(default_factory=new_store_id)
 
     def load_all(self, kind: RecordKind) -> Mapping[str, StoredRecord]:
         with self.lock:
@@ -117,3 +125,6 @@ class MemoryRecordStore:
             if current == ABSENT or current != expected_generation:
                 raise conflict(f"{kind.value}/{name}", expected_generation, current)
             del self.records[(kind, name)]
+
+    def store_id(self) -> str:
+        return self.ident

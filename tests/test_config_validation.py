@@ -20,8 +20,11 @@ from signer.config import (
     RoleSettings,
     ServerSettings,
     Settings,
+    StoreBackend,
+    StoreSettings,
     load,
     read_pin,
+    read_store_password,
 )
 from signer.errors import ConfigError
 
@@ -72,6 +75,7 @@ def test_absent_keys_get_the_dataclass_defaults(tmp_path: Path) -> None:
     assert s.quota == QuotaSettings()
     assert s.log == LogSettings()
     assert s.client == ClientSettings()
+    assert s.store == StoreSettings(backend=StoreBackend.TOKEN)
     assert s.profiles == next(f.default for f in fields(Settings) if f.name == "profiles")
     assert s.hsm == HsmSettings(
         module=Path("/usr/lib/softhsm/libsofthsm2.so"),
@@ -370,3 +374,87 @@ def test_officers_are_persons_and_one_identity_belongs_to_one_person(tmp_path: P
 def test_the_old_officer_role_list_is_refused_with_the_way_forward(tmp_path: Path) -> None:
     [found] = problems(tmp_path, MINIMAL + '[roles]\nofficer = ["CN=officer"]\n')
     assert found.startswith("[roles.officer] officers are persons now")
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            'backend = "mysql"',
+            ["[store.backend] must be token, directory or postgresql, got 'mysql'"],
+        ),
+        ("backend = 3", ["[store.backend] must be a string, got 3"]),
+        (
+            'backend = "directory"',
+            ["[store.path] is required (the folder of the records, relative to this file)"],
+        ),
+        (
+            'backend = "postgresql"\npassword_file = "pg.password"',
+            [
+                "[store.dsn] is required (a libpq connection string such as"
+                " 'host=db.example dbname=signer')"
+            ],
+        ),
+        ('path = "records"', ["[store.path] is not used with backend = 'token'"]),
+        (
+            'backend = "directory"\npath = "r"\ndsn = "host=db"\npassword_file = "p"',
+            [
+                "[store.dsn] is not used with backend = 'directory'",
+                "[store.password_file] is not used with backend = 'directory'",
+            ],
+        ),
+        (
+            'backend = "postgresql"\ndsn = "host=db password=hunter2"',
+            ["[store.dsn] must not contain the password; put it in password_file (mode 600)"],
+        ),
+        (
+            'backend = "postgresql"\ndsn = "postgresql://signer:hunter2@db/signer"',
+            ["[store.dsn] must not contain the password; put it in password_file (mode 600)"],
+        ),
+        (
+            'backend = "postgresql"\ndsn = "host=db hunter2"',
+            [
+                "[store.dsn] is not a PostgreSQL connection string (key=value pairs or a"
+                " postgresql:// URI)"
+            ],
+        ),
+        (
+            'backend = "postgresql"\ndsn = "hunter2\\n"',
+            ["[store.dsn] must not contain control characters"],
+        ),
+        ('backend = "postgresql"\ndsn = " "', ["[store.dsn] must not be empty"]),
+    ],
+)
+def test_store_problems_are_named_and_never_show_the_dsn(
+    tmp_path: Path, lines: str, expected: list[str]
+) -> None:
+    found = problems(tmp_path, with_setting("store", lines))
+    assert found == expected
+    assert "hunter2" not in "\n".join(found)
+
+
+def test_each_store_backend_loads_with_its_own_settings(tmp_path: Path) -> None:
+    folder = load(config(tmp_path, with_setting("store", 'backend = "directory"\npath = "r"')))
+    assert folder.store == StoreSettings(StoreBackend.DIRECTORY, path=(tmp_path / "r").resolve())
+    dsn = "host=db.example port=5433 dbname=signer user=signer sslmode=verify-full"
+    text = f'backend = "postgresql"\ndsn = "{dsn}"\npassword_file = "secrets/pg"'
+    database = load(config(tmp_path, with_setting("store", text)))
+    assert database.store == StoreSettings(
+        StoreBackend.POSTGRESQL, dsn=dsn, password_file=(tmp_path / "secrets/pg").resolve()
+    )
+
+
+def test_the_store_password_file_must_be_private_and_not_empty(tmp_path: Path) -> None:
+    password_file = tmp_path / "pg.password"
+    password_file.write_text(" pass phrase \n")
+    password_file.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"accessible by group or others \(mode 644\)") as caught:
+        read_store_password(password_file)
+    assert "pass phrase" not in str(caught.value)
+    password_file.chmod(0o600)
+    assert read_store_password(password_file) == " pass phrase "
+    password_file.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_store_password(password_file)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_store_password(tmp_path / "missing")

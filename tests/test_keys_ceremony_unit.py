@@ -296,6 +296,9 @@ class RacingStore:
             self.before_claim()
         self.inner.delete(kind, name, expected_generation)
 
+    def store_id(self) -> str:
+        return self.inner.store_id()
+
 
 def test_two_racing_approvals_across_two_daemons_apply_once() -> None:
     first = make(approvals=2)

@@ -17,6 +17,7 @@ from signer.errors import (
     QuotaExceeded,
     SignerError,
     StoreConflict,
+    StoreUnavailable,
     Unauthenticated,
     UnknownProfile,
 )
@@ -32,6 +33,7 @@ _CODES: tuple[tuple[type[SignerError], grpc.StatusCode], ...] = (
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreConflict, grpc.StatusCode.ABORTED),
     (HsmUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (AuditError, grpc.StatusCode.UNAVAILABLE),
     (HsmError, grpc.StatusCode.INTERNAL),
     (ConfigError, grpc.StatusCode.INTERNAL),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -20,6 +21,7 @@ ABSENT: Final = 0
 """The generation a writer expects for a record that must not exist yet."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_STORE_ID_BYTES = 16
 
 
 class RecordKind(enum.StrEnum):
@@ -48,6 +50,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def new_store_id() -> str:
+    """A fresh random store id: 32 hex digits."""
+    return secrets.token_hex(_STORE_ID_BYTES)
+
+
 def conflict(record: str, expected: int, found: int) -> StoreConflict:
     """The refusal of a conditional write whose record moved on since it was read."""
     return StoreConflict(
@@ -71,4 +78,9 @@ class RecordStore(Protocol):
     def delete(self, kind: RecordKind, name: str, expected_generation: int) -> None:
         """Remove a record if its current generation is ``expected_generation``, else raise
         :class:`StoreConflict` (also when it is already gone)."""
+        ...
+
+    def store_id(self) -> str:
+        """The random id this store recorded on first use, the same for every daemon sharing it;
+        kept apart from the records, where no record name can reach it."""
         ...

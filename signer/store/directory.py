@@ -1,6 +1,7 @@
 """Records as files in a directory, on local disk or a shared file system.
 
-One file per record, ``<root>/<kind>/<name>``: an 8-byte generation and the record's bytes.
+One file per record, ``<root>/<kind>/<name>``: an 8-byte generation and the record's bytes;
+the store id is ``<root>/.store-id``.
 Writers take an exclusive ``flock`` on ``<root>/.lock`` (advisory locks also hold across
 hosts on NFSv4), compare generations, write a temporary file, fsync it and rename it over the
 record, then fsync the folder, so a reader sees the old record or the new one, never a mix.
@@ -16,9 +17,17 @@ from pathlib import Path
 
 from signer.audit.fileops import OsFileOps
 from signer.errors import ConfigError
-from signer.store.api import ABSENT, RecordKind, StoredRecord, check_name, conflict
+from signer.store.api import (
+    ABSENT,
+    RecordKind,
+    StoredRecord,
+    check_name,
+    conflict,
+    new_store_id,
+)
 
 _GENERATION_BYTES = 8
+_STORE_ID_FILE = ".store-id"
 
 
 class DirectoryRecordStore:
@@ -53,7 +62,8 @@ class DirectoryRecordStore:
             if current != expected_generation:
                 raise conflict(f"{kind.value}/{name}", expected_generation, current)
             generation = current + 1
-            self._write(path.with_name(f".{name}.tmp"), path, generation, value)
+            blob = generation.to_bytes(_GENERATION_BYTES, "big") + value
+            self._write(path.with_name(f".{name}.tmp"), path, blob)
             return generation
 
     def delete(self, kind: RecordKind, name: str, expected_generation: int) -> None:
@@ -66,10 +76,22 @@ class DirectoryRecordStore:
             path.unlink()
             self._files.fsync_dir(path.parent)
 
-    def _write(self, temp: Path, path: Path, generation: int, value: bytes) -> None:
+    def store_id(self) -> str:
+        """See :meth:`signer.store.api.RecordStore.store_id`."""
+        path = self._root / _STORE_ID_FILE
+        with self._locked():
+            try:
+                return path.read_text(encoding="ascii", errors="replace").strip()
+            except FileNotFoundError:
+                pass
+            store_id = new_store_id()
+            self._write(path.with_name(f"{_STORE_ID_FILE}.tmp"), path, store_id.encode("ascii"))
+            return store_id
+
+    def _write(self, temp: Path, path: Path, blob: bytes) -> None:
         fd = self._files.open_new(temp)
         try:
-            self._files.write_all(fd, generation.to_bytes(_GENERATION_BYTES, "big") + value)
+            self._files.write_all(fd, blob)
             self._files.fsync(fd)
         finally:
             self._files.close(fd)

@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from signer.store.api import RecordKind, StoredRecord, check_name
+from signer.errors import StoreConflict
+from signer.store.api import ABSENT, RecordKind, StoredRecord, check_name, new_store_id
 
 APPLICATION_PREFIX = "signer.v1/"
+STORE_ID_APPLICATION = APPLICATION_PREFIX + "store-id"
+"""The application of the one data object holding the store id; no record kind uses it."""
+_STORE_ID_NAME = "store-id"
+_STORE_ID_ATTEMPTS = 3
 
 
 class DataObjects(Protocol):
@@ -56,4 +61,23 @@ class TokenRecordStore:
         """See :meth:`signer.store.api.RecordStore.delete`."""
         self._objects.delete_data_object(
             APPLICATION_PREFIX + kind.value, check_name(name), expected_generation
+        )
+
+    def store_id(self) -> str:
+        """See :meth:`signer.store.api.RecordStore.store_id`."""
+        for _ in range(_STORE_ID_ATTEMPTS):
+            found = self._objects.data_objects(STORE_ID_APPLICATION).get(_STORE_ID_NAME)
+            if found is not None:
+                return found[1].decode("ascii", "replace")
+            candidate = new_store_id()
+            try:
+                self._objects.put_data_object(
+                    STORE_ID_APPLICATION, _STORE_ID_NAME, ABSENT, candidate.encode("ascii")
+                )
+                return candidate
+            except StoreConflict:
+                # Two daemons claiming at once may both withdraw (see put_record): look again.
+                continue
+        raise StoreConflict(
+            "other daemons kept writing the store id on the token at the same time; retry"
         )
