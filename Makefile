@@ -3,25 +3,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= hsm_config/dev.toml
 
-.PHONY: setup serve test lint typecheck check bench proto clean
+.PHONY: setup tools serve test lint typecheck check bench proto clean
 
 setup:
 	./softhsm_setup.sh
 
+# The set-up plus what the tests and checks call (zbarimg, promtool, PostgreSQL, ruff, mypy).
+tools:
+	./softhsm_setup.sh --test-tools
+
 serve: setup
 	$(BIN)/signer serve --config $(CONFIG)
 
-test:
-	./softhsm_setup.sh --test-tools
+test: tools
 	$(BIN)/pytest -q
 
-lint:
+lint: tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck:
-	$(BIN)/mypy signer
+typecheck: tools
+	$(BIN)/mypy signer tests
 
+# What CI runs (.ci/run): lint, strict typecheck of code and tests, the whole suite.
 check: lint typecheck test
 
 bench: setup
