@@ -255,7 +255,10 @@ def children_of(pid: int) -> set[int]:
     """Direct children of a process (Linux /proc)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended while we looked
         found.update(int(c) for c in children)
     return found
 
