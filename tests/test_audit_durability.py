@@ -24,6 +24,7 @@ import pytest
 from signer.audit.checkpoint import CheckpointSigner
 from signer.audit.events import EventType
 from signer.audit.fileops import OsFileOps
+from signer.audit.framing import scan_frames
 from signer.audit.log import AuditLog
 from signer.audit.query import iter_records
 from signer.audit.readback import RecentWrites, WrittenSpan, restore
@@ -308,3 +309,24 @@ def test_ext4_on_a_filling_loop_device_keeps_every_acknowledged_record(
     assert verify_log(directory, signer.spki_der).ok
     with AuditLog(directory, signer) as reopened:
         assert reopened.size == log.size
+
+
+def test_start_refuses_a_zeroed_block_inside_a_record_and_names_it(tmp_path: Path) -> None:
+    signer = make_signer()
+    with AuditLog(tmp_path, signer, checkpoint_every_seconds=3600) as log:
+        for i in range(6):
+            log.append(
+                EventType.SIGN_BATCH, request_id=f"r{i}", digests=[digest(i, j) for j in range(40)]
+            )
+    segment = tmp_path / "audit-000000000001.log"
+    frames = scan_frames(segment.read_bytes()).frames
+    third = frames[2]
+    data = bytearray(segment.read_bytes())
+    data[third.offset + 200 : third.offset + 1224] = bytes(1024)  # what the lost write left
+    segment.write_bytes(bytes(data))
+    with pytest.raises(AuditError) as refused:
+        AuditLog(tmp_path, signer)
+    message = str(refused.value)
+    assert f"audit-000000000001.log is damaged at offset {third.offset}" in message
+    assert "where record 3 starts" in message and "intact records follow" in message
+    assert segment.read_bytes() == bytes(data), "nothing may be cut from a refused log"
