@@ -1,7 +1,9 @@
 """``signer audit ...`` subcommands: verify, find, tail.
 
-Exit codes: ``verify`` 0 only for an intact log, 1 for a fault, 2 when it could not run;
-``find`` 0 when the digest was found, 1 when not, 2 on bad input; ``tail`` 0, or 2 on error.
+Exit codes: ``verify`` 0 only for an intact log without findings, 1 for a fault, 2 when it
+could not run, 3 when the chain is intact but carries a finding (a ``log_repaired`` record that
+cut bytes); ``find`` 0 when the digest was found, 1 when not, 2 on bad input; ``tail`` 0, or 2
+on error.
 """
 
 import argparse
@@ -19,6 +21,7 @@ from signer.errors import AuditError
 EXIT_OK = 0
 EXIT_FAULT = 1
 EXIT_ERROR = 2
+EXIT_FINDING = 3
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -60,7 +63,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"audit verify could not run: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(_report_json(report)) if args.json else report.message)
-    return EXIT_OK if report.ok else EXIT_FAULT
+    if not report.ok:
+        return EXIT_FAULT
+    return EXIT_FINDING if report.findings else EXIT_OK
 
 
 def _run_find(args: argparse.Namespace) -> int:
@@ -124,6 +129,10 @@ def _report_json(report: VerifyReport) -> dict[str, Any]:
         "position": report.position,
         "message": report.message,
         "head": report.head.hex(),
+        "findings": [
+            {"kind": f.kind.value, "seq": f.seq, "position": f.position, "message": f.message}
+            for f in report.findings
+        ],
     }
 
 
