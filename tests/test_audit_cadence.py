@@ -47,6 +47,8 @@ def test_clock_counts_from_the_newest_checkpoint() -> None:
     assert failed.seconds_until_due(T0 + 130) == 30, "a failed attempt is retried an interval later"
     went_back = CheckpointClock(60, opened=T0, last_checkpoint=T0 + 3600)
     assert went_back.seconds_until_due(T0 + 10) == 0, "a clock set back must not stall checkpoints"
+    retried = CheckpointClock(60, opened=T0, last_checkpoint=T0 + 3600, last_failure=T0 + 10)
+    assert retried.seconds_until_due(T0 + 20) == 50, "nor retry a failing checkpoint in a loop"
 
 
 def test_checkpoint_right_after_a_start_that_cut_a_torn_tail(tmp_path: Path) -> None:

@@ -24,11 +24,14 @@ class CheckpointClock:
         """Seconds from ``now`` until a checkpoint is due (zero or less: due now).
 
         If the clock went back past the reference time, the checkpoint is due at once rather
-        than after the clock has caught up again.
+        than after the clock has caught up again; a failed attempt then sets a new reference.
         """
-        since = self.last_checkpoint if self.last_checkpoint is not None else self.opened
         if self.last_failure is not None:
-            since = max(since, self.last_failure)
+            since = self.last_failure
+        elif self.last_checkpoint is not None:
+            since = self.last_checkpoint
+        else:
+            since = self.opened
         elapsed = now - since
         if elapsed < 0:
             return 0.0

@@ -4,8 +4,8 @@ Callers on any thread call :meth:`AuditLog.append`; it returns only once the rec
 and fsynced. One writer thread takes everything queued, numbers it, writes it with one
 ``write`` and one ``fsync`` (group commit), then wakes the callers.
 
-Durability rule. A record counts as durable only when its group's ``write`` and ``fsync``
-succeeded and no failure has been seen since that the writer has not yet resolved:
+Durability rule. A group is acknowledged only after its ``write`` and ``fsync`` succeeded,
+and never while an earlier failure is unresolved:
 
 1. When a ``write``, ``fsync`` or segment operation fails, every caller of that group gets
    :class:`~signer.errors.AuditError` (no answer that depends on the group is sent), the
@@ -26,6 +26,12 @@ succeeded and no failure has been seen since that the writer has not yet resolve
 4. :meth:`close` does the same read-back; if the newest records cannot be made to read back,
    it still signs the final checkpoint over them (so that their loss cannot go unnoticed: the
    next start refuses a log shorter than its checkpoint) and raises :class:`AuditError`.
+
+What the rule cannot do: when a device lies about a *successful* fsync, the answers for that
+group have already left. The read-back puts the records back before anything else is
+acknowledged, but a crash in between loses them; the next start then either refuses (damage
+followed by intact records, or a log shorter than its checkpoint) or cuts the tail and records
+a ``log_repaired`` event, which ``signer audit verify`` reports as a finding.
 
 Checkpoints. The writer signs one right after start-up whenever records lie past the newest
 checkpoint (after a crash, or after cutting a torn tail), then whenever
@@ -78,6 +84,7 @@ DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_EVERY_RECORDS = 10_000
 DEFAULT_CHECKPOINT_EVERY_SECONDS = 60.0
 DEFAULT_PROBE_INTERVAL = 1.0
+START_CHECKPOINT_WAIT = 30.0
 PROBE_HEADROOM_BYTES = 64 * 1024
 _LOCK_FILE = ".lock"
 
@@ -196,7 +203,8 @@ class AuditLog:
 
     @property
     def healthy(self) -> bool:
-        """False while the last write or fsync failed; signing must stop until it is True."""
+        """False from a failed write or fsync until the writer has written again (after
+        checking its newest records on the device); signing must stop until it is True."""
         return self._healthy
 
     @property
@@ -365,7 +373,10 @@ class AuditLog:
                 return
             self._cp_at_start = True
             self._cond.notify()
-        self._started.wait()
+        if not self._started.wait(START_CHECKPOINT_WAIT):
+            _log.warning(
+                "start-up audit checkpoint not signed after %s s; going on", START_CHECKPOINT_WAIT
+            )
 
     def _run(self) -> None:
         try:
