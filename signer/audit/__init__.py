@@ -7,7 +7,8 @@ Public API (see each module for details):
 * :class:`~signer.audit.record.AuditRecord` - a stored record;
 * :class:`~signer.audit.checkpoint.CheckpointSigner` - the HSM audit key as a callable;
 * :func:`~signer.audit.verify.verify_log`, :class:`~signer.audit.verify.VerifyReport`,
-  :class:`~signer.audit.verify.FaultKind` - offline verification;
+  :class:`~signer.audit.verify.FaultKind`, :class:`~signer.audit.verify.Finding` - offline
+  verification;
 * :func:`~signer.audit.query.find_by_digest`, :func:`~signer.audit.query.tail`,
   :func:`~signer.audit.query.latest_checkpoint` - queries;
 * :func:`~signer.audit.cli.add_subcommands` - ``signer audit`` CLI.
@@ -18,7 +19,7 @@ from signer.audit.events import EventType
 from signer.audit.log import AppendResult, AuditLog
 from signer.audit.query import DigestMatch, find_by_digest, latest_checkpoint, tail
 from signer.audit.record import AuditRecord
-from signer.audit.verify import FaultKind, VerifyReport, verify_log
+from signer.audit.verify import FaultKind, Finding, FindingKind, VerifyReport, verify_log
 
 __all__ = [
     "AppendResult",
@@ -29,6 +30,8 @@ __all__ = [
     "DigestMatch",
     "EventType",
     "FaultKind",
+    "Finding",
+    "FindingKind",
     "VerifyReport",
     "find_by_digest",
     "latest_checkpoint",
