@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 from signer.errors import ConfigError
 from signer.identity import normalise
+from signer.keys.profiles import PROFILES
 
 DEFAULT_MAX_BATCH = 10_000
-KNOWN_PROFILES = ("vaccination", "test", "recovery")
 # A digest costs 34 bytes in a SignBatchRequest and a DER signature up to 74 in the answer;
 # the slack covers the other fields.
 _BYTES_PER_DIGEST_MESSAGE = 80
@@ -277,11 +277,10 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
 def _profile_problems(profiles: tuple[str, ...]) -> list[str]:
     if not profiles:
         return ["'profiles' must name at least one certificate profile"]
-    unknown = sorted(set(profiles) - set(KNOWN_PROFILES))
+    unknown = sorted(set(profiles) - set(PROFILES))
     if unknown:
         return [
-            f"unknown profile(s) {', '.join(map(_show, unknown))};"
-            f" known: {', '.join(KNOWN_PROFILES)}"
+            f"unknown profile(s) {', '.join(map(_show, unknown))}; known: {', '.join(PROFILES)}"
         ]
     return []
 

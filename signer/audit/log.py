@@ -73,7 +73,7 @@ from signer.audit.events import EventType
 from signer.audit.fileops import OsFileOps
 from signer.audit.framing import encode_frame
 from signer.audit.readback import RecentWrites, RestoreResult, WrittenSpan, restore
-from signer.audit.record import AuditRecord, check_digests, record_hash
+from signer.audit.record import AuditRecord, check_record_digests, record_hash
 from signer.audit.recovery import scan_tail
 from signer.audit.segments import CHECKPOINT_DIR, LATEST_CHECKPOINT, checkpoint_path, segment_name
 from signer.errors import AuditError
@@ -303,7 +303,7 @@ class AuditLog:
     ) -> _Pending:
         if not isinstance(event, EventType):
             raise ValueError(f"audit event must be an EventType, got {event!r}")
-        check_digests(digests)
+        check_record_digests(digests)
         if signatures is not None and (
             len(signatures) != len(digests) or not all(isinstance(s, bytes) for s in signatures)
         ):

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from signer.audit.framing import scan_frames
-from signer.audit.record import DIGEST_BYTES, AuditRecord, RecordDecodeError, decode_record
+from signer.audit.record import AuditRecord, RecordDecodeError, decode_record
 from signer.audit.segments import LATEST_CHECKPOINT, Segment, list_segments
 from signer.errors import AuditError
+from signer.sigformat import SHA256_DIGEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ def _segment_records(segment: Segment, *, is_last: bool) -> Iterator[AuditRecord
 
 def find_by_digest(directory: Path | str, digest: bytes) -> list[DigestMatch]:
     """All records whose digest list contains ``digest`` (a 32-byte SHA-256), oldest first."""
-    if len(digest) != DIGEST_BYTES:
-        raise ValueError(f"digest must be {DIGEST_BYTES} bytes, got {len(digest)}")
+    if len(digest) != SHA256_DIGEST_BYTES:
+        raise ValueError(f"digest must be {SHA256_DIGEST_BYTES} bytes, got {len(digest)}")
     matches = []
     for record in iter_records(directory):
         for index, candidate in enumerate(record.digests):

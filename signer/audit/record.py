@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import cbor2
 
 from signer.audit.events import EventType
+from signer.sigformat import SHA256_DIGEST_BYTES
 
 FORMAT_VERSION = 1
 HASH_BYTES = 32
-DIGEST_BYTES = 32
 GENESIS_PREV = bytes(HASH_BYTES)
 FIRST_SEQ = 1
 
@@ -92,12 +92,13 @@ def record_hash(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
-def check_digests(digests: Sequence[bytes]) -> None:
-    """Refuse anything but 32-byte SHA-256 digests, naming the first bad index."""
+def check_record_digests(digests: Sequence[bytes]) -> None:
+    """The log's own invariant: a record names only 32-byte SHA-256 digests (the signing path
+    refuses other requests long before; this guards the record format itself)."""
     for index, digest in enumerate(digests):
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+        if not isinstance(digest, bytes) or len(digest) != SHA256_DIGEST_BYTES:
             raise ValueError(
-                f"digest {index} must be {DIGEST_BYTES} bytes (a SHA-256 hash), "
+                f"digest {index} must be {SHA256_DIGEST_BYTES} bytes (a SHA-256 hash), "
                 f"got {len(digest) if isinstance(digest, bytes) else type(digest).__name__}"
             )
 
@@ -130,7 +131,7 @@ def decode_record(payload: bytes) -> AuditRecord:
         profile=_optional(body, "profile", str),
         kid=_optional(body, "kid", bytes),
         request_id=_optional(body, "request_id", str),
-        digests=_byte_list(body["digests"], "digests", DIGEST_BYTES),
+        digests=_byte_list(body["digests"], "digests", SHA256_DIGEST_BYTES),
         signatures=(
             _byte_list(body["signatures"], "signatures", None) if "signatures" in body else None
         ),
