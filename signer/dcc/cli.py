@@ -134,7 +134,17 @@ def add_subcommands(
     )
     trust = verify_parser.add_mutually_exclusive_group(required=True)
     trust.add_argument("--cert", type=Path, help="trusted DSC (PEM or DER)")
-    trust.add_argument("--trust-list", type=Path, help="trust-list JSON")
+    trust.add_argument(
+        "--trust-list",
+        type=Path,
+        help="trust list: this project's JSON, the DCC Gateway's, or one signed for partners",
+    )
+    verify_parser.add_argument(
+        "--trust-list-signer",
+        type=Path,
+        metavar="CERT",
+        help="the publisher's upload certificate (PEM/DER) a signed trust list must verify with",
+    )
     verify_parser.add_argument(
         "--at",
         type=iso_time,
@@ -160,10 +170,19 @@ def _run_value_sets(args: argparse.Namespace) -> int:
 
 def _run_verify(args: argparse.Namespace) -> int:
     source = args.cert or args.trust_list
+    if args.trust_list_signer is not None and args.trust_list is None:
+        raise UsageError("--trust-list-signer checks a --trust-list; give one")
+    pinned = args.trust_list_signer.read_bytes() if args.trust_list_signer else None
     try:
-        store = TrustStore.load(source)
+        store = TrustStore.load(source, pinned)
     except DccError as exc:
         raise UsageError(f"cannot load trust from {source}: {exc}") from exc
+    if store.signed is not None:
+        when = store.signed.signing_time
+        note(
+            f"trust list signed by {store.signed.signer_subject}"
+            f" at {utc_iso(when) if when else 'an unstated time'}: signature valid"
+        )
     for skipped in store.skipped:
         note(f"warning: trust list {skipped}")
     all_valid = True
