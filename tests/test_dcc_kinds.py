@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.config import DCC_VALUE_SETS
-from signer.dcc.errors import DccRecordError
-from signer.dcc.issue import prepare_one, profile_for
+from signer.dcc import TrustStore, verify
+from signer.dcc.errors import DccError, DccRecordError
+from signer.dcc.issue import IssuingKey, finish, prepare_one, profile_for
 from signer.dcc.names import is_icao_name, transliterate, truncate_given_names
 from signer.dcc.record import build_hcert, kind_of, recovery_valid_until
 from signer.dcc.value_sets import SHIPPED_FOLDER, VALUE_SETS, DccValueSetError, ValueSets
 from tests.conftest import ROOT
 from tests.dcc_schema import schema_errors
+from tests.test_dcc_issue_verify import SoftSigner, make_dsc
 
 EXAMPLES = ROOT / "examples"
 NOW = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.UTC)
@@ -341,3 +344,27 @@ def test_the_official_given_name_only_example_has_the_same_names() -> None:
     record = vaccination()
     record["nam"] = {"gn": "Charles"}
     assert build(record)["nam"] == {"gn": "Charles", "gnt": "CHARLES"}
+
+
+# -- DSC extended key usage ----------------------------------------------------------------------
+
+
+def test_a_dsc_restricted_to_vaccinations_neither_issues_nor_verifies_a_test() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    software = SoftSigner(key, make_dsc(key))  # EKU: vaccination only
+    with pytest.raises(DccError, match="restricted to vaccination certificates"):
+        IssuingKey.from_dsc(software.kid, software.dsc_der, profile="test")
+    assert IssuingKey.from_dsc(software.kid, software.dsc_der, profile="vaccination")
+    iat = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    record = rat_record()
+    record["t"][0]["sc"] = "2025-05-31T10:00:00Z"
+    not_after = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    cert = prepare_one(record, software.kid, "VN", iat, not_after)
+    (hc1,) = finish([cert], software.sign("test", software.kid, [cert.digest]))
+    result = verify(hc1, TrustStore.from_dsc(software.dsc_der), at=iat)
+    assert result.signature_valid
+    assert not result.acceptable
+    assert result.error is not None and "extended key usage" in result.error
+    vaccine = prepare_one(vaccination(), software.kid, "VN", iat, not_after)
+    (ok,) = finish([vaccine], software.sign("vaccination", software.kid, [vaccine.digest]))
+    assert verify(ok, TrustStore.from_dsc(software.dsc_der), at=iat).acceptable

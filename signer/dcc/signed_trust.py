@@ -107,7 +107,7 @@ def _certificate(data: bytes) -> x509.Certificate:
 
 def _signed_data(data: bytes) -> cms.SignedData:
     der = data
-    if asn1_pem.detect(data):
+    if data.lstrip()[:30].startswith(_PEM_TYPES):
         try:
             _, _, der = asn1_pem.unarmor(data)
         except ValueError as exc:
