@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signer.config import DCC_VALUE_SETS
+from signer.config import DCC_VALUE_SETS, load
 from signer.dcc import TrustStore, verify
 from signer.dcc.errors import DccError, DccRecordError
 from signer.dcc.issue import IssuingKey, finish, prepare_one, profile_for
 from signer.dcc.names import is_icao_name, transliterate, truncate_given_names
 from signer.dcc.record import build_hcert, kind_of, recovery_valid_until
 from signer.dcc.value_sets import SHIPPED_FOLDER, VALUE_SETS, DccValueSetError, ValueSets
+from signer.errors import ConfigError
 from tests.conftest import ROOT
 from tests.dcc_schema import schema_errors
 from tests.test_dcc_issue_verify import SoftSigner, make_dsc
@@ -368,3 +369,33 @@ def test_a_dsc_restricted_to_vaccinations_neither_issues_nor_verifies_a_test() -
     vaccine = prepare_one(vaccination(), software.kid, "VN", iat, not_after)
     (ok,) = finish([vaccine], software.sign("vaccination", software.kid, [vaccine.digest]))
     assert verify(ok, TrustStore.from_dsc(software.dsc_der), at=iat).acceptable
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+_MINIMAL = (
+    '[keys]\ncsca_cert = "csca.pem"\n[hsm]\nmodule = "/usr/lib/softhsm/libsofthsm2.so"\n'
+    'token_label = "t"\npin_file = "pin"\n'
+)
+
+
+def test_dcc_settings_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "signer.toml"
+    path.write_text(
+        _MINIMAL + '[dcc]\nvalue_sets = "sets"\n[dcc.national_codes]\ntest-manf = ["VN-1"]\n',
+        encoding="utf-8",
+    )
+    settings = load(path)
+    assert settings.dcc.value_sets == (tmp_path / "sets").resolve()
+    assert dict(settings.dcc.national_codes) == {"test-manf": ("VN-1",)}
+    assert settings.hsm.upload_key_label == "signer-upload"
+    path.write_text(
+        _MINIMAL + '[dcc.national_codes]\nvaccines = ["X"]\ntest-type = [" LP1 "]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    text = str(info.value)
+    assert "[dcc.national_codes.vaccines] is not a value set" in text
+    assert "[dcc.national_codes.test-type] codes must be 1-80 characters" in text
+    assert "unknown setting" not in text

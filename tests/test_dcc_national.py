@@ -24,6 +24,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from signer.client import SignerClient
+from signer.dcc import DccRecordError, issue_records
 from signer.keys.profiles import eku_for_profile
 from tests.conftest import Appliance, new_appliance
 from tests.dcc_schema import schema_errors
@@ -415,3 +417,17 @@ def test_signed_and_gateway_trust_lists(national: Appliance, tmp_path: Path) -> 
     )  # fmt: skip
     assert refused.returncode == 2
     assert not (tmp_path / "j.cms").exists()
+
+
+def test_issue_records_signs_mixed_kinds_with_their_own_keys(national: Appliance) -> None:
+    records = [recovery_record(), vaccination_record(), rat_record(), vaccination_record()]
+    with SignerClient(national.address) as client:
+        hc1s = issue_records(records, client.dcc_signer(), chunk_size=3)
+        with pytest.raises(DccRecordError, match=r"^records\[0\]\.r: a recovery entry cannot"):
+            issue_records(records, client.dcc_signer(), profile="vaccination")
+    kinds = ["r", "v", "t", "v"]
+    for hc1, kind in zip(hc1s, kinds, strict=True):
+        profile = {"v": "vaccination", "t": "test", "r": "recovery"}[kind]
+        claims = independently_verified(hc1, dsc_of(national, profile))
+        assert list(claims[-260][1])[-1] == kind
+        assert schema_errors(claims[-260][1]) == []
