@@ -92,6 +92,9 @@ class HsmSettings:
     softhsm_conf: Path | None = None
     audit_key_label: str = "signer-audit"
     csca_key_label: str = "dev-csca"
+    upload_key_label: str = "signer-upload"
+    """The key that signs what the country publishes (DCC Gateway NB_UP): upload packages of
+    DSCs and signed trust lists. Generated in the HSM like every other key."""
     copy_keys_to_session: bool = True
     timeout_seconds: float = 30.0
 
@@ -207,6 +210,29 @@ class StoreSettings:
     password_file: Path | None = None
 
 
+DCC_VALUE_SETS = (
+    "disease-agent-targeted",
+    "vaccine-prophylaxis",
+    "vaccine-medicinal-product",
+    "vaccine-mah-manf",
+    "test-type",
+    "test-manf",
+    "test-result",
+    "country-2-codes",
+)
+"""The eHN value-set names ``[dcc.national_codes]`` may extend (see signer.dcc.value_sets)."""
+
+
+@dataclass(frozen=True)
+class DccSettings:
+    """What ``signer dcc issue`` checks records against."""
+
+    value_sets: Path | None = None
+    """Folder of eHN value-set files (``NAME.json``); ``None``: the copy shipped with signer."""
+    national_codes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Value-set name -> national codes accepted besides the official ones."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a daemon needs, validated."""
@@ -226,6 +252,7 @@ class Settings:
     """Security officers as persons: name -> the certificate identities that person uses.
     Every listed identity holds the officer role; dual control counts persons."""
     store: StoreSettings = field(default_factory=StoreSettings)
+    dcc: DccSettings = field(default_factory=DccSettings)
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -265,6 +292,7 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         client=_client(reader.table("client")),
         officers=MappingProxyType(officers),
         store=_store(reader.table("store")),
+        dcc=_dcc(reader.table("dcc")),
     )
     reader.reject_unknown()
     problems += _profile_problems(settings.profiles)
@@ -627,6 +655,7 @@ def _hsm(t: _Reader) -> HsmSettings:
         softhsm_conf=t.path("softhsm_conf"),
         audit_key_label=t.text("audit_key_label", nonempty=True),
         csca_key_label=t.text("csca_key_label", nonempty=True),
+        upload_key_label=t.text("upload_key_label", nonempty=True),
         copy_keys_to_session=t.flag("copy_keys_to_session"),
         timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
     )
@@ -780,6 +809,28 @@ def _store(t: _Reader) -> StoreSettings:
             if key not in _STORE_KEYS[chosen]:
                 t.problem(key, f"is not used with backend = {chosen.value!r}")
     return _build(StoreSettings, backend=backend, path=path, dsn=dsn, password_file=password_file)
+
+
+def _dcc(t: _Reader) -> DccSettings:
+    codes = t.table("national_codes")
+    national: dict[str, tuple[str, ...]] = {}
+    for name in codes.names():
+        listed = codes.str_list(name)
+        if name not in DCC_VALUE_SETS:
+            codes.problem(name, f"is not a value set; use one of {', '.join(DCC_VALUE_SETS)}")
+            continue
+        if listed is None:
+            continue
+        bad = [code for code in listed if not 0 < len(code) <= 80 or code != code.strip()]
+        if bad or _has_control_characters("".join(listed)):
+            codes.problem(name, "codes must be 1-80 characters without surrounding spaces", listed)
+            continue
+        national[name] = tuple(listed)
+    return _build(
+        DccSettings,
+        value_sets=t.path("value_sets"),
+        national_codes=MappingProxyType(national),
+    )
 
 
 def _checked_dsn(t: _Reader, dsn: str) -> str | None:

@@ -7,7 +7,9 @@ compressed or not, a missing ``HC1:`` prefix, float timestamps (floored), ES256 
 (the DCC's fallback algorithm), and DSCs that need the lenient parser of :mod:`signer.dcc.dsc`.
 A COSE_Sign1 without any kid is checked against every trusted key (with a warning).
 
-Refused: ES256 signatures in DER form. COSE (RFC 9053, section 2.1) requires raw ``r||s``;
+Refused: a certificate of a type its DSC's DCC extended key usages exclude (a test
+certificate signed with a DSC restricted to vaccinations, as EU verifier apps refuse it), and
+ES256 signatures in DER form. COSE (RFC 9053, section 2.1) requires raw ``r||s``;
 a DER signature marks a broken issuer, and accepting it would let two encodings of one
 signature circulate. The error message says what was found.
 """
@@ -33,6 +35,7 @@ from signer.dcc.cose import (
 from signer.dcc.cwt import decode_claims, to_unix
 from signer.dcc.errors import DccError
 from signer.dcc.hc1 import decode_hc1
+from signer.dcc.record import KINDS
 from signer.dcc.trust import TrustedKey, TrustStore
 from signer.sigformat import raw_to_der
 
@@ -98,6 +101,8 @@ def verify(
         error = "CWT has no exp claim"
     if error is None and claims.hcert is None:
         error = "CWT has no HCERT (claim -260/1)"
+    if error is None and signer_key is not None and claims.hcert is not None:
+        error = _type_not_allowed(claims.hcert, signer_key)
     if claims.iat is not None:
         if claims.iat > now + CLOCK_SKEW_SECONDS:
             warnings.append("iat is in the future")
@@ -113,6 +118,18 @@ def verify(
         payload=claims.hcert,
         error=error,
         warnings=tuple(warnings),
+    )
+
+
+def _type_not_allowed(hcert: dict[Any, Any], key: TrustedKey) -> str | None:
+    refused = [KINDS[kind] for kind in KINDS if kind in hcert and not key.dsc.allows(KINDS[kind])]
+    if not refused:
+        return None
+    profile = " and ".join(refused)
+    allowed = ", ".join(sorted(key.dsc.profiles or ()))
+    return (
+        f"a {profile} certificate signed by a DSC whose extended key usage allows only"
+        f" {allowed} certificates"
     )
 
 
