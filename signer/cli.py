@@ -30,7 +30,8 @@ from signer.cli_exit import (
     note,
     report,
 )
-from signer.client import keys_cli
+from signer.client import audit_cli as audit_client_cli
+from signer.client import health_cli, keys_cli
 from signer.client.client import DccSigner
 from signer.client.connect import add_connection_options, make_client, targets
 from signer.client.errors import RequestRefused, from_rpc_error
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="signer",
         description="HSM-backed ES256 signing appliance for EU Digital COVID Certificates.",
         epilog="Dev quick start: `make serve` in one terminal, then "
-        "`signer dcc issue examples/record-vn.json --config hsm_config/dev.toml --qr qr.png`. "
+        "`mkdir -p out && signer dcc issue examples/record-vn.json --config hsm_config/dev.toml"
+        " --qr out/qr.png`. "
         "Exit codes: 0 ok, 1 refused, 2 usage, 69 daemon unavailable, 78 configuration, "
         "130 interrupted.",
     )
@@ -129,8 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev_issue.add_argument("--days", type=positive_int, default=730, help="DSC validity in days")
     dev_issue.set_defaults(func=_dev_issue_cert)
 
-    audit = commands.add_parser("audit", help="verify and query the audit log (offline)")
-    audit_cli.add_subcommands(command_group(audit, "audit commands"))
+    health_cli.add_command(commands)
+
+    audit = commands.add_parser(
+        "audit", help="verify and query the audit log; fetch checkpoints, mirror it off the box"
+    )
+    audit_commands = command_group(audit, "audit commands")
+    audit_cli.add_subcommands(audit_commands)
+    audit_client_cli.add_subcommands(audit_commands)
 
     dcc = commands.add_parser("dcc", help="issue and verify HC1 certificates and QR codes")
     dcc_commands = command_group(dcc, "dcc commands")
