@@ -38,6 +38,7 @@ from signer.client.errors import RequestRefused, from_rpc_error
 from signer.config import load
 from signer.dcc import cli as dcc_cli
 from signer.logs import configure_logging
+from signer.ops import cli as ops_cli
 
 COMMAND_HELP = "the command to run; see its --help"
 EXPECTED_ERRORS = (*LOCAL_ERRORS, grpc.RpcError)
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="SHA-256 digests, 64 hex characters each",
     )
     sign.set_defaults(func=_sign)
+
+    ops_cli.add_init(commands)
+    config = commands.add_parser("config", help="check a configuration and the files it names")
+    ops_cli.add_config_subcommands(command_group(config, "config commands"))
 
     setup = commands.add_parser("dev-setup", help="create the dev token, keys and certificates")
     setup.add_argument("--config", type=Path, required=True, help="signer TOML config (dev)")
