@@ -25,7 +25,13 @@ from signer.audit.mirror import (
     MirrorSetupError,
 )
 from signer.audit.segments import list_segments, segment_name
-from signer.audit.stored import FolderSource, RecordStreamError, split_frames, stored_frames
+from signer.audit.stored import (
+    FolderSource,
+    RecordsNotHere,
+    RecordStreamError,
+    split_frames,
+    stored_frames,
+)
 from signer.audit.verify import verify_log
 from tests.audit_rewrite import rewrite_log
 from tests.audit_support import digest, make_signer
@@ -238,3 +244,18 @@ def test_stored_frames_split_back_into_the_records_in_any_chunking(
         list(split_frames([frames[:-1]]))
     with pytest.raises(RecordStreamError, match="frame of 0 bytes"):
         list(split_frames([b"\x00\x00\x00\x00"]))
+
+
+def test_records_of_archived_segments_are_refused_not_replaced_by_later_ones(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    appliance = tmp_path / "appliance"
+    with AuditLog(appliance, signer, segment_max_bytes=300) as log:
+        for number in range(8):
+            log.append(EventType.DAEMON_START, details={"n": number})
+    segments = list_segments(appliance)
+    assert len(segments) > 2
+    segments[0].path.rename(tmp_path / segments[0].path.name)  # archived off the appliance
+    with pytest.raises(RecordsNotHere, match=f"starts at record {segments[1].first_seq}"):
+        next(stored_frames(appliance, 0))
+    assert len(list(stored_frames(appliance, segments[1].first_seq - 1, limit=1))) == 1

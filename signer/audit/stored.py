@@ -19,11 +19,15 @@ from pathlib import Path
 from signer.audit.framing import LENGTH_BYTES, MAX_RECORD_BYTES, scan_frames
 from signer.audit.query import latest_checkpoint
 from signer.audit.segments import list_segments
-from signer.errors import AuditError
+from signer.errors import AuditError, KeyNotFound
 
 
 class RecordStreamError(AuditError):
     """A stream of framed records is malformed (bad length prefix, or cut inside a record)."""
+
+
+class RecordsNotHere(KeyNotFound):
+    """The records asked for were moved off this log (closed segments archived)."""
 
 
 def stored_frames(
@@ -39,6 +43,11 @@ def stored_frames(
         raise ValueError(f"sequence number {after} is negative")
     wanted = after + 1
     segments = list_segments(Path(directory))
+    if segments and wanted < segments[0].first_seq:
+        raise RecordsNotHere(
+            f"record {wanted} is not in this audit log any more: its oldest segment starts at"
+            f" record {segments[0].first_seq} (older segments were archived); read the archive"
+        )
     start = max((n for n, s in enumerate(segments) if s.first_seq <= wanted), default=0)
     sent = 0
     for segment in segments[start:]:
