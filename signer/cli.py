@@ -19,6 +19,7 @@ import grpc
 
 from signer import __version__
 from signer.audit import cli as audit_cli
+from signer.audit import retention
 from signer.cli_args import CommandParser, positive_int, sha256_hex
 from signer.cli_exit import (
     LOCAL_ERRORS,
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = command_group(audit, "audit commands")
     audit_cli.add_subcommands(audit_commands)
     audit_client_cli.add_subcommands(audit_commands)
+    retention.add_subcommand(audit_commands)
 
     dcc = commands.add_parser("dcc", help="issue and verify HC1 certificates and QR codes")
     dcc_commands = command_group(dcc, "dcc commands")
