@@ -1,8 +1,9 @@
 """``signer health`` against the real daemon over mutual TLS: SERVING, NOT_SERVING, unreachable,
-and ``--watch`` through a shutdown."""
+and ``--watch`` through a shutdown; and the README's route for ad-hoc calls (reflection)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -78,3 +79,31 @@ def test_health_is_not_serving_while_a_profile_has_no_active_key(
     assert (answer.returncode, answer.stdout) == (1, b"NOT_SERVING\n"), answer.stderr
     signing = health(appliance, "--service", "signer.v1.Signing")
     assert (signing.returncode, signing.stdout) == (1, b"signer.v1.Signing: NOT_SERVING\n")
+
+
+def test_the_readme_reflection_route_lists_services_and_calls_one(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = make_appliance(mtls=True)
+    tls = appliance.home / "tls"
+    flags = ["--ca", str(tls / "ca.pem"), "--cert", str(tls / "auditor.pem")]
+    flags += ["--key", str(tls / "auditor.key"), appliance.address]
+
+    def example(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "grpc_call.py"), *flags, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = example()
+    assert listed.returncode == 0, listed.stderr
+    for service in ("signer.v1.Signing", "signer.v1.Audit", "grpc.health.v1.Health"):
+        assert service in listed.stdout.split(), listed.stdout
+    called = example("signer.v1.Audit/VerifyLog", "{}")
+    assert called.returncode == 0, called.stderr
+    answer = json.loads(called.stdout)
+    assert answer["ok"] is True and int(answer["records"]) > 0, answer
+    refused = example("signer.v1.Signing/GetTrustList", "{}")  # the auditor is no issuer
+    assert refused.returncode == 1 and refused.stderr.startswith("PERMISSION_DENIED")
