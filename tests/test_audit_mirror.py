@@ -259,3 +259,21 @@ def test_records_of_archived_segments_are_refused_not_replaced_by_later_ones(
     with pytest.raises(RecordsNotHere, match=f"starts at record {segments[1].first_seq}"):
         next(stored_frames(appliance, 0))
     assert len(list(stored_frames(appliance, segments[1].first_seq - 1, limit=1))) == 1
+
+
+def test_a_long_running_mirror_checks_checkpoints_behind_its_head_over_many_pulls(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    appliance, copy = tmp_path / "appliance", tmp_path / "mirror"
+    add_records(appliance, signer, 3, "a")
+    source = FolderSource(appliance)
+    with Mirror(copy, public_key=public_pem(signer)) as mirror:
+        mirror.pull(source)
+        for round_number in range(3):
+            # the daemon keeps writing; its newest checkpoint lags behind the newest record
+            with AuditLog(appliance, signer) as log:
+                for number in range(4):
+                    log.append(EventType.DAEMON_START, details={"r": round_number, "n": number})
+                report = mirror.pull(source)
+                assert report.checkpoint_size < report.size
+    assert verify_log(copy, signer.spki_der).records_checked == mirror.state.size

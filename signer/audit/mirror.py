@@ -266,6 +266,7 @@ class Mirror:
             appender.roll_back()
             raise
         self.state = state
+        self._hash_cache = {}  # segments grew: hashes read before are incomplete
         return PullReport(source.name, before.size, size, head, checkpoint.size, stored)
 
     def _open_checkpoint(self, note: str, source: str) -> Checkpoint:
