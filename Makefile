@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= hsm_config/dev.toml
 
-.PHONY: setup tools serve test lint typecheck check bench proto clean
+.PHONY: setup tools serve test lint typecheck check bench proto dist clean
 
 setup:
 	./softhsm_setup.sh
@@ -37,5 +37,9 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--pyi_out=. protos/signer/v1/*.proto
 
+# The wheel and sdist the deployment installs (deploy/README.md), in dist/.
+dist:
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data out dist build .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ import grpc
 
 from signer import __version__
 from signer.audit import cli as audit_cli
+from signer.audit import retention
 from signer.cli_args import CommandParser, positive_int, sha256_hex
 from signer.cli_exit import (
     LOCAL_ERRORS,
@@ -33,13 +34,15 @@ from signer.cli_exit import (
     note,
     report,
 )
-from signer.client import keys_cli
+from signer.client import audit_cli as audit_client_cli
+from signer.client import health_cli, keys_cli
 from signer.client.client import DccSigner
 from signer.client.connect import add_connection_options, make_client, targets
 from signer.client.errors import RequestRefused, from_rpc_error
 from signer.config import Settings, load
 from signer.dcc import cli as dcc_cli
 from signer.logs import configure_logging
+from signer.ops import cli as ops_cli
 
 if TYPE_CHECKING:
     from signer.hsm.api import Token
@@ -92,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="signer",
         description="HSM-backed ES256 signing appliance for EU Digital COVID Certificates.",
         epilog="Dev quick start: `make serve` in one terminal, then "
-        "`signer dcc issue examples/record-vn.json --config hsm_config/dev.toml --qr qr.png`. "
+        "`mkdir -p out && signer dcc issue examples/record-vn.json --config hsm_config/dev.toml"
+        " --qr out/qr.png`. "
         "Exit codes: 0 ok, 1 refused, 2 usage, 69 daemon unavailable, 78 configuration, "
         "130 interrupted.",
     )
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sign.set_defaults(func=_sign)
 
+    ops_cli.add_init(commands)
+    config = commands.add_parser("config", help="check a configuration and the files it names")
+    ops_cli.add_config_subcommands(command_group(config, "config commands"))
+
     setup = commands.add_parser("dev-setup", help="create the dev token, keys and certificates")
     setup.add_argument("--config", type=Path, required=True, help="signer TOML config (dev)")
     setup.add_argument(
@@ -136,8 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev_issue.set_defaults(func=_dev_issue_cert)
     _add_publishing(key_commands)
 
-    audit = commands.add_parser("audit", help="verify and query the audit log (offline)")
-    audit_cli.add_subcommands(command_group(audit, "audit commands"))
+    health_cli.add_command(commands)
+
+    audit = commands.add_parser(
+        "audit", help="verify and query the audit log; fetch checkpoints, mirror it off the box"
+    )
+    audit_commands = command_group(audit, "audit commands")
+    audit_cli.add_subcommands(audit_commands)
+    audit_client_cli.add_subcommands(audit_commands)
+    retention.add_subcommand(audit_commands)
 
     dcc = commands.add_parser("dcc", help="issue and verify HC1 certificates and QR codes")
     dcc_commands = command_group(dcc, "dcc commands")

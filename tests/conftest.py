@@ -25,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.v1 import key_admin_pb2_grpc, signing_pb2, signing_pb2_grpc
+from tests.tmp_retention import forget_earlier_runs  # noqa: F401 (session fixture, autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
