@@ -268,3 +268,22 @@ def test_a_log_that_does_not_verify_yields_nothing(tmp_path: Path) -> None:
     with pytest.raises(LogNotVerified) as refused:
         next(query)
     assert refused.value.report.fault in {FaultKind.MODIFIED, FaultKind.UNDECODABLE}
+
+
+def test_a_repairing_start_with_an_overdue_checkpoint_does_not_wait_for_the_start_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a crash long after the last checkpoint, the repair record's commit makes a
+    time-based checkpoint; the opener's start-up request must still be answered (it used to
+    be left waiting until START_CHECKPOINT_WAIT)."""
+    signer = make_signer()
+    now = [time.time_ns()]
+    with AuditLog(tmp_path, signer, clock_ns=lambda: now[0]) as log:
+        signed_batch(log, "before", 1)
+    with list_segments(tmp_path)[-1].path.open("ab") as segment:
+        segment.write(bytes(300))
+    now[0] += 3600 * 1_000_000_000
+    with AuditLog(tmp_path, signer, clock_ns=lambda: now[0]) as log:
+        assert log.size == 2
+        assert log.last_checkpoint_unix == now[0] / 1e9
+    assert "start-up audit checkpoint not signed" not in caplog.text

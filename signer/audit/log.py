@@ -435,10 +435,12 @@ class AuditLog:
         self._close_error = "; ".join(p for p in problems if p) or None
 
     def _checkpoint_wait(self) -> float | None:
-        if self._seq == self._cp_size:
-            return None
+        # The start-up request first: a checkpoint that became due by time while the request
+        # was being made already covers the records, but the opener still waits for its answer.
         if self._cp_at_start:
             return 0.0
+        if self._seq == self._cp_size:
+            return None
         return self._checkpoint_clock().seconds_until_due(self._clock_ns() / 1e9)
 
     def _checkpoint_clock(self) -> CheckpointClock:
