@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from signer import __version__
+from signer import __version__, cli_revocation
 from signer.audit import cli as audit_cli
 from signer.cli_args import CommandParser, positive_int, sha256_hex
 from signer.cli_exit import (
@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="verify and query the audit log (offline)")
     audit_cli.add_subcommands(command_group(audit, "audit commands"))
+
+    revocation = commands.add_parser(
+        "revocation", help="DCC revocation batches from the audit log or issued UVCIs (offline)"
+    )
+    cli_revocation.add_subcommands(command_group(revocation, "revocation commands"))
 
     dcc = commands.add_parser("dcc", help="issue and verify HC1 certificates and QR codes")
     dcc_commands = command_group(dcc, "dcc commands")
