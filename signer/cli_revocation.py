@@ -135,14 +135,18 @@ class _KidSummary:
     kid: bytes
     entries: int = 0
     batches: dict[str, int] = field(default_factory=dict)
-    first: dt.datetime | None = None
-    last: dt.datetime | None = None
+    first_ns: int | None = None
+    last_ns: int | None = None
     expires: dt.datetime | None = None
     profiles: set[str] = field(default_factory=set)
 
-    def saw(self, moment: dt.datetime) -> None:
-        self.first = moment if self.first is None else min(self.first, moment)
-        self.last = moment if self.last is None else max(self.last, moment)
+    def saw(self, time_ns: int) -> None:
+        """Count one entry made at ``time_ns`` (Unix nanoseconds)."""
+        self.entries += 1
+        if self.first_ns is None or time_ns < self.first_ns:
+            self.first_ns = time_ns
+        if self.last_ns is None or time_ns > self.last_ns:
+            self.last_ns = time_ns
 
     def to_json(self, counted: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -150,13 +154,17 @@ class _KidSummary:
             "kid_base64": kid_text(self.kid),
             counted: self.entries,
             "batches": self.batches,
-            "first": utc_iso(self.first) if self.first else None,
-            "last": utc_iso(self.last) if self.last else None,
+            "first": _iso_ns(self.first_ns),
+            "last": _iso_ns(self.last_ns),
             "expires": utc_iso(self.expires) if self.expires else None,
         }
         if self.profiles:
             out["profiles"] = sorted(self.profiles)
         return out
+
+
+def _iso_ns(time_ns: int | None) -> str | None:
+    return None if time_ns is None else utc_iso(dt.datetime.fromtimestamp(time_ns / 1e9, dt.UTC))
 
 
 class _Expiry:
@@ -272,9 +280,8 @@ def _build_from_log(args: argparse.Namespace, country: str, output: _BatchFile) 
             extra_checkpoints=args.checkpoint,
         )
         for entry in entries:
-            summary = kids.setdefault(entry.kid, _KidSummary(entry.kid))
-            summary.entries += 1
-            summary.saw(dt.datetime.fromtimestamp(entry.time_ns / 1e9, dt.UTC))
+            summary = kids.get(entry.kid) or kids.setdefault(entry.kid, _KidSummary(entry.kid))
+            summary.saw(entry.time_ns)
             if entry.profile:
                 summary.profiles.add(entry.profile)
             _emit(builder.add(entry.kid, HashType.SIGNATURE, entry.sig_hash), output, kids)
@@ -403,8 +410,7 @@ def _build_from_uvcis(args: argparse.Namespace, country: str, output: _BatchFile
         if not since <= line.issued_at < until or (args.kid and line.kid != args.kid):
             continue
         summary = kids.setdefault(line.kid, _KidSummary(line.kid))
-        summary.entries += 1
-        summary.saw(line.issued_at)
+        summary.saw(_window_ns(line.issued_at))
         _emit(builder.add(line.kid, HashType.UCI, uci_hash(line.uvci)), output, kids)
         for code in dict.fromkeys((line.country.upper(), country)):
             value = country_uci_hash(code, line.uvci)

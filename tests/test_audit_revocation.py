@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -287,3 +288,15 @@ def test_a_repairing_start_with_an_overdue_checkpoint_does_not_wait_for_the_star
         assert log.size == 2
         assert log.last_checkpoint_unix == now[0] / 1e9
     assert "start-up audit checkpoint not signed" not in caplog.text
+
+
+def test_audit_tail_shows_the_hashes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from signer.cli import main
+
+    with AuditLog(tmp_path, make_signer()) as log:
+        expected = signed_batch(log, "shown", 2)
+    assert main(["audit", "tail", "--dir", str(tmp_path), "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    shown = json.loads(line)
+    assert shown["sig_hashes"] == [h.hex() for h in expected]
+    assert (shown["version"], shown["signatures"]) == (2, None)
