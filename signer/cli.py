@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from signer import __version__
+from signer import __version__, cli_revocation
 from signer.audit import cli as audit_cli
 from signer.audit import retention
 from signer.cli_args import CommandParser, positive_int, sha256_hex
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.add_subcommands(audit_commands)
     audit_client_cli.add_subcommands(audit_commands)
     retention.add_subcommand(audit_commands)
+
+    revocation = commands.add_parser(
+        "revocation", help="DCC revocation batches from the audit log or issued UVCIs (offline)"
+    )
+    cli_revocation.add_subcommands(command_group(revocation, "revocation commands"))
 
     dcc = commands.add_parser("dcc", help="issue and verify HC1 certificates and QR codes")
     dcc_commands = command_group(dcc, "dcc commands")

@@ -135,8 +135,17 @@ class AuditSettings:
     segment_max_bytes: int = 64 * _MIB
     checkpoint_every_records: int = 10_000
     checkpoint_every_seconds: float = 60.0
-    store_signatures: bool = False
+    keep_signatures: bool = False
+    """TOML ``store_signatures``: keep each whole signature in its record, beside the 16-byte
+    SIGNATURE revocation hash every signed batch record keeps anyway."""
     origin: str = "signer"
+
+    @property
+    def store_signatures(self) -> bool:
+        """Whether the signing path hands each batch's signatures to the audit log: always,
+        since the log derives the revocation hashes from them; whether whole signatures are
+        kept as well is :attr:`keep_signatures`, decided by the audit log."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -687,7 +696,7 @@ def _audit(t: _Reader) -> AuditSettings:
         segment_max_bytes=None if segment_mb is None else segment_mb * _MIB,
         checkpoint_every_records=t.whole("checkpoint_every_records", 1, 10_000_000),
         checkpoint_every_seconds=t.number("checkpoint_every_seconds", 0.1, _DAY / _SECOND),
-        store_signatures=t.flag("store_signatures"),
+        keep_signatures=t.flag("store_signatures"),
         origin=t.text("origin", nonempty=True),
     )
     # The default directory, like every relative path, lives next to the configuration file.

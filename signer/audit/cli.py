@@ -16,6 +16,7 @@ from typing import Any
 
 from signer.audit.query import DigestMatch, find_by_digest, tail
 from signer.audit.record import AuditRecord
+from signer.audit.sighash import split_hashes
 from signer.audit.verify import VerifyReport, verify_log
 from signer.cli_args import count, sha256_hex, utc_iso
 from signer.cli_exit import ExitCode, UsageError
@@ -108,6 +109,12 @@ def record_json(record: AuditRecord) -> dict[str, Any]:
         "signatures": (
             [s.hex() for s in record.signatures] if record.signatures is not None else None
         ),
+        "sig_hashes": (
+            [h.hex() for h in split_hashes(record.sig_hashes)]
+            if record.sig_hashes is not None
+            else None
+        ),
+        "version": record.version,
         "details": _jsonable(record.details),
         "prev": record.prev.hex(),
     }

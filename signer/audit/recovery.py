@@ -30,8 +30,9 @@ from signer.audit.record import (
 from signer.audit.segments import LATEST_CHECKPOINT, Segment, list_segments, segment_name
 from signer.errors import AuditError
 
-# A frame start: length below 16 MiB, then a CBOR map of 11 or 12 entries (our records).
-_FRAME_START_RE = re.compile(rb"\x00[\x00-\xff]{3}[\xab\xac]", re.DOTALL)
+# A frame start: length below 16 MiB, then a CBOR map of 11 to 13 entries (our records: the
+# required fields, plus signatures and, from format 2, sig_hashes).
+_FRAME_START_RE = re.compile(rb"\x00[\x00-\xff]{3}[\xab-\xad]", re.DOTALL)
 
 
 @dataclass(frozen=True)

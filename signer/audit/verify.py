@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.audit.checkpoint import Checkpoint, load_audit_public_key, open_checkpoint
 from signer.audit.events import EventType
-from signer.audit.framing import FrameProblem, scan_frames
+from signer.audit.framing import FrameProblem, FrameReader, with_last
 from signer.audit.record import (
     FIRST_SEQ,
     GENESIS_PREV,
@@ -212,48 +212,52 @@ def _report(records: int, checkpoints: int, fault: _Fault) -> VerifyReport:
 
 
 def _walk(directory: Path, wanted: set[int], hashes: dict[int, bytes]) -> _Chain:
+    """Walk every segment frame by frame (one record in memory at a time). ``seqs`` collects
+    sequence numbers only from the first record that breaks the chain on, to tell a
+    reordering from a gap."""
     chain = _Chain()
     segments = list_segments(directory)
     seqs: list[int] = []
     broken: tuple[int, int, int, str] | None = None
     for index, segment in enumerate(segments):
         is_last = index == len(segments) - 1
-        data = segment.path.read_bytes()
-        scan = scan_frames(data)
-        for number, frame in enumerate(scan.frames):
-            position = f"{segment.path.name} offset {frame.offset}"
-            try:
-                record = decode_record(frame.payload)
-            except RecordDecodeError as exc:
-                at_end = is_last and number == len(scan.frames) - 1 and scan.problem is None
-                kind = FaultKind.TORN_TAIL if at_end else FaultKind.UNDECODABLE
-                if broken is None:
-                    chain.fault = _Fault(kind, chain.count + 1, position, str(exc))
-                    return chain
-                return _finish(chain, broken, seqs)
-            seqs.append(record.seq)
-            if broken is not None:
-                continue
-            expected = chain.count + 1
-            if record.seq == expected and record.prev == chain.head:
-                chain.count, chain.head = expected, record_hash(frame.payload)
-                finding = _repair_finding(record, f"seq {record.seq} ({position})")
-                if finding is not None:
-                    chain.findings.append(finding)
-                if chain.count in wanted:
-                    hashes[chain.count] = chain.head
-                continue
-            broken = (len(seqs) - 1, expected, record.seq, position)
-            if record.prev == chain.head or record.seq == expected:
-                return _finish(chain, broken, seqs, modified_prev=record.prev != chain.head)
-        if scan.problem is not None and broken is None:
-            position = f"{segment.path.name} offset {scan.stop_offset}"
-            if is_last and scan.problem is not FrameProblem.TOO_LARGE:
-                message = f"{scan.problem.value}; the writer cuts this on its next start"
+        with segment.path.open("rb") as stream:
+            reader = FrameReader(stream)
+            for frame, last_frame in with_last(reader):
+                position = f"{segment.path.name} offset {frame.offset}"
+                try:
+                    record = decode_record(frame.payload)
+                except RecordDecodeError as exc:
+                    at_end = is_last and last_frame and reader.problem is None
+                    kind = FaultKind.TORN_TAIL if at_end else FaultKind.UNDECODABLE
+                    if broken is None:
+                        chain.fault = _Fault(kind, chain.count + 1, position, str(exc))
+                        return chain
+                    return _finish(chain, broken, seqs)
+                if broken is not None:
+                    seqs.append(record.seq)
+                    continue
+                expected = chain.count + 1
+                if record.seq == expected and record.prev == chain.head:
+                    chain.count, chain.head = expected, record_hash(frame.payload)
+                    finding = _repair_finding(record, f"seq {record.seq} ({position})")
+                    if finding is not None:
+                        chain.findings.append(finding)
+                    if chain.count in wanted:
+                        hashes[chain.count] = chain.head
+                    continue
+                seqs.append(record.seq)
+                broken = (0, expected, record.seq, position)
+                if record.prev == chain.head or record.seq == expected:
+                    return _finish(chain, broken, seqs, modified_prev=record.prev != chain.head)
+        if reader.problem is not None and broken is None:
+            position = f"{segment.path.name} offset {reader.stop_offset}"
+            if is_last and reader.problem is not FrameProblem.TOO_LARGE:
+                message = f"{reader.problem.value}; the writer cuts this on its next start"
                 chain.fault = _Fault(FaultKind.TORN_TAIL, chain.count + 1, position, message)
             else:
                 chain.fault = _Fault(
-                    FaultKind.UNDECODABLE, chain.count + 1, position, scan.problem.value
+                    FaultKind.UNDECODABLE, chain.count + 1, position, reader.problem.value
                 )
             return chain
     if broken is not None:

@@ -12,8 +12,11 @@ recovery); ``--profile`` only restricts. Records are checked against the eHN val
 before anything is signed. ``--uvci-out FILE`` appends one JSON line per issued certificate
 (``uvci``, ``co``, ``kind``, ``kid``, ``issued_at``): what revocation by UCI needs later.
 
-Exit codes: OK; REFUSED when some certificate is invalid (verify) or some record of a batch
-was refused (issue); USAGE for a bad record, option or input file; CONFIG for an unusable
+``verify --revocation FILE`` (repeatable) refuses a certificate whose SIGNATURE, UCI or
+COUNTRYCODEUCI hash one of the revocation batches lists, naming the hash type.
+
+Exit codes: OK; REFUSED when some certificate is invalid or revoked (verify) or some record of
+a batch was refused (issue); USAGE for a bad record, option or input file; CONFIG for an unusable
 value-set folder named in the configuration; the daemon's refusals and unavailability as in
 :class:`signer.cli_exit.ExitCode`.
 """
@@ -41,6 +44,7 @@ from signer.dcc.issue import (
 )
 from signer.dcc.issue import prepare_one as _prepare_one
 from signer.dcc.qr import write_qr
+from signer.dcc.revocation import RevocationList, RevocationListError
 from signer.dcc.trust import TrustStore
 from signer.dcc.value_sets import DccValueSetError, ValueSets
 from signer.dcc.verify import verify
@@ -146,6 +150,15 @@ def add_subcommands(
         help="the publisher's upload certificate (PEM/DER) a signed trust list must verify with",
     )
     verify_parser.add_argument(
+        "--revocation",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="DCC revocation batches (JSON, JSON array or JSON lines, as `signer revocation"
+        " build` writes them); a listed certificate is refused. Repeat for several files",
+    )
+    verify_parser.add_argument(
         "--at",
         type=iso_time,
         metavar="TIME",
@@ -185,13 +198,29 @@ def _run_verify(args: argparse.Namespace) -> int:
         )
     for skipped in store.skipped:
         note(f"warning: trust list {skipped}")
+    revocations = _revocation_list(args.revocation) if args.revocation else None
     all_valid = True
     for hc1 in _hc1_inputs(args.hc1, sys.stdin):
-        result = verify(hc1, store, at=args.at)
-        all_valid = all_valid and result.signature_valid
+        result = verify(hc1, store, at=args.at, revocations=revocations)
+        all_valid = all_valid and result.signature_valid and not result.revoked
         output = _with_iso_times(result.to_json())
         print(json.dumps(output, ensure_ascii=False, default=str), flush=True)
     return ExitCode.OK if all_valid else ExitCode.REFUSED
+
+
+def _revocation_list(paths: Sequence[Path]) -> RevocationList:
+    """The entries of every ``--revocation`` file (a file that does not parse is USAGE)."""
+    revocations = RevocationList()
+    for path in paths:
+        try:
+            revocations.add_document(path.read_text(encoding="utf-8"), str(path))
+        except (RevocationListError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--revocation {path}: {exc}") from exc
+    note(
+        f"revocation lists: {len(revocations)} entries in {revocations.batches} batches"
+        f" from {len(paths)} file(s)"
+    )
+    return revocations
 
 
 def _with_iso_times(claims: dict[str, Any]) -> dict[str, Any]:
