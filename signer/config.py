@@ -94,6 +94,10 @@ class HsmSettings:
     csca_key_label: str = "dev-csca"
     copy_keys_to_session: bool = True
     timeout_seconds: float = 30.0
+    chunk_digests: int = 32
+    """Most digests in one worker job: large batches are cut, small requests share one."""
+    coalesce: bool = True
+    """Concurrent small requests for one key that wait together share a worker job."""
 
     @property
     def worker_count(self) -> int:
@@ -630,6 +634,8 @@ def _hsm(t: _Reader) -> HsmSettings:
         csca_key_label=t.text("csca_key_label", nonempty=True),
         copy_keys_to_session=t.flag("copy_keys_to_session"),
         timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
+        chunk_digests=t.whole("chunk_digests", 1, 100_000),
+        coalesce=t.flag("coalesce"),
     )
 
 
