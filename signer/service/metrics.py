@@ -44,6 +44,7 @@ class LiveState:
     audit_last_checkpoint_unix: float | None
     audit_checkpoint_ok: bool
     keys: tuple[KeyGaugeRow, ...]
+    hsm_pending_digests: int = 0
 
 
 class _LiveCollector(Collector):
@@ -56,6 +57,11 @@ class _LiveCollector(Collector):
             "signer_hsm_workers", "Signing worker processes configured.", state.workers_configured
         )
         yield _gauge("signer_hsm_workers_up", "Signing worker processes alive.", state.workers_up)
+        yield _gauge(
+            "signer_hsm_pending_digests",
+            "Digests waiting for an HSM worker or being signed.",
+            state.hsm_pending_digests,
+        )
         restarts = CounterMetricFamily(
             "signer_hsm_worker_restarts", "Signing worker processes replaced after dying."
         )
@@ -138,6 +144,12 @@ class Metrics:
         )
         self.signatures = Counter(
             "signer_signatures", "Signatures returned.", ["profile", "kid"], registry=r
+        )
+        self.undelivered = Counter(
+            "signer_signatures_undelivered",
+            "Signatures made and audited whose caller left before the answer.",
+            ["profile"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "signer_batch_size_digests",
