@@ -222,6 +222,8 @@ class WorkerPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self.restarts = 0
+        self.sign_jobs = 0
+        """Signing jobs sent to workers so far (coalesced requests share one)."""
 
     @property
     def size(self) -> int:
@@ -250,7 +252,10 @@ class WorkerPool:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         try:
-            await asyncio.gather(*(self._start_worker(i) for i in range(self._count)))
+            # One after the other: SoftHSM processes starting at the same moment have been
+            # seen to read a token directory another one was writing, and find no token.
+            for index in range(self._count):
+                await self._start_worker(index)
         except BaseException:
             await self.aclose()
             raise
@@ -389,6 +394,7 @@ class WorkerPool:
                 TokenSession.sign_packed, key_id=parts[0].request.key_id, digests=job_digests(parts)
             )
             weight = sum(p.end - p.start for p in parts)
+            self.sign_jobs += 1
             self._send(worker, _Job(call, parts=parts, weight=weight))
 
     def _free_worker(self) -> _Worker | None:

@@ -45,6 +45,7 @@ class LiveState:
     audit_checkpoint_ok: bool
     keys: tuple[KeyGaugeRow, ...]
     hsm_pending_digests: int = 0
+    hsm_sign_jobs: int = 0
 
 
 class _LiveCollector(Collector):
@@ -57,6 +58,12 @@ class _LiveCollector(Collector):
             "signer_hsm_workers", "Signing worker processes configured.", state.workers_configured
         )
         yield _gauge("signer_hsm_workers_up", "Signing worker processes alive.", state.workers_up)
+        jobs = CounterMetricFamily(
+            "signer_hsm_sign_jobs",
+            "Signing jobs sent to the HSM workers (concurrent small requests share one).",
+        )
+        jobs.add_metric([], state.hsm_sign_jobs)
+        yield jobs
         yield _gauge(
             "signer_hsm_pending_digests",
             "Digests waiting for an HSM worker or being signed.",

@@ -346,6 +346,7 @@ class Daemon:
             audit_checkpoint_ok=audit_log is None or audit_log.checkpoint_error is None,
             keys=tuple(rows),
             hsm_pending_digests=self.pool.pending_digests,
+            hsm_sign_jobs=self.pool.sign_jobs,
         )
 
     def _spawn(self, target: object, name: str) -> None:
