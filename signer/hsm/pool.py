@@ -223,6 +223,7 @@ class WorkerPool:
         self._closing = False
         self.restarts = 0
         self.sign_jobs = 0
+        self._pump_soon = False
         """Signing jobs sent to workers so far (coalesced requests share one)."""
 
     @property
@@ -305,7 +306,12 @@ class WorkerPool:
             request.fail(HsmUnavailable("the signer is shutting down"))
             return
         self._queue.put(request)
-        self._pump()
+        if not self._pump_soon:
+            # Dispatch once the loop has run what is ready now: requests that arrived together
+            # leave together. An idle loop runs it at once, so a lone request never waits.
+            self._pump_soon = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump_now)
 
     async def call(self, call: Call[T]) -> T:
         """Run one job on the least-loaded worker from the loop (not retried)."""
@@ -375,6 +381,10 @@ class WorkerPool:
             ) from None
 
     # -- dispatch (loop thread) ----------------------------------------------------------------
+
+    def _pump_now(self) -> None:
+        self._pump_soon = False
+        self._pump()
 
     def _pump(self) -> None:
         """Give free workers the next signing jobs: an idle worker any job, a busy one only
