@@ -94,7 +94,7 @@ class HsmSettings:
     csca_key_label: str = "dev-csca"
     copy_keys_to_session: bool = True
     timeout_seconds: float = 30.0
-    chunk_digests: int = 32
+    chunk_digests: int = 128
     """Most digests in one worker job: large batches are cut, small requests share one."""
     coalesce: bool = True
     """Concurrent small requests for one key that wait together share a worker job."""
