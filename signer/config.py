@@ -97,6 +97,10 @@ class HsmSettings:
     DSCs and signed trust lists. Generated in the HSM like every other key."""
     copy_keys_to_session: bool = True
     timeout_seconds: float = 30.0
+    chunk_digests: int = 128
+    """Most digests in one worker job: large batches are cut, small requests share one."""
+    coalesce: bool = True
+    """Concurrent small requests for one key that wait together share a worker job."""
 
     @property
     def worker_count(self) -> int:
@@ -139,13 +143,6 @@ class AuditSettings:
     """TOML ``store_signatures``: keep each whole signature in its record, beside the 16-byte
     SIGNATURE revocation hash every signed batch record keeps anyway."""
     origin: str = "signer"
-
-    @property
-    def store_signatures(self) -> bool:
-        """Whether the signing path hands each batch's signatures to the audit log: always,
-        since the log derives the revocation hashes from them; whether whole signatures are
-        kept as well is :attr:`keep_signatures`, decided by the audit log."""
-        return True
 
 
 @dataclass(frozen=True)
@@ -667,6 +664,8 @@ def _hsm(t: _Reader) -> HsmSettings:
         upload_key_label=t.text("upload_key_label", nonempty=True),
         copy_keys_to_session=t.flag("copy_keys_to_session"),
         timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
+        chunk_digests=t.whole("chunk_digests", 1, 100_000),
+        coalesce=t.flag("coalesce"),
     )
 
 

@@ -251,18 +251,55 @@ class AuditLog:
         not one ES256 signature per digest, details not CBOR-encodable). ``signatures`` are
         recorded as their revocation hashes, and whole only with ``keep_signatures``.
         """
+        future = self.append_nowait(
+            event,
+            identity=identity,
+            profile=profile,
+            kid=kid,
+            request_id=request_id,
+            digests=digests,
+            signatures=signatures,
+            details=details,
+        )
+        try:
+            return future.result(timeout)
+        except FutureTimeout as exc:
+            raise AuditError(
+                f"audit log did not confirm the record within {timeout} s; treat the request "
+                "as failed and check the audit disk"
+            ) from exc
+
+    def append_nowait(
+        self,
+        event: EventType,
+        *,
+        identity: str | None = None,
+        profile: str | None = None,
+        kid: bytes | None = None,
+        request_id: str | None = None,
+        digests: Sequence[bytes] = (),
+        signatures: Sequence[bytes] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> "Future[AppendResult]":
+        """Queue one record and return at once; the future resolves once it is on disk.
+
+        For callers that must not block (an event loop): they attach a done-callback, which
+        runs on the writer thread. The checks and errors are those of :meth:`append`, except
+        that a failed write arrives through the future.
+        """
         item = self._pending(event, identity, profile, kid, request_id, digests, signatures)
         if signatures is not None:
             item.sig_hashes = signature_hashes(signatures)
             if not self._keep_signatures:
                 item.signatures = None
-        item.details = dict(details or {})
-        if not all(isinstance(key, str) for key in item.details):
-            raise ValueError("audit details keys must be strings")
-        try:
-            cbor2.dumps(item.details, canonical=True)
-        except (cbor2.CBORError, TypeError, ValueError) as exc:
-            raise ValueError(f"audit details cannot be encoded as CBOR: {exc}") from exc
+        if details:
+            item.details = dict(details)
+            if not all(isinstance(key, str) for key in item.details):
+                raise ValueError("audit details keys must be strings")
+            try:
+                cbor2.dumps(item.details, canonical=True)
+            except (cbor2.CBORError, TypeError, ValueError) as exc:
+                raise ValueError(f"audit details cannot be encoded as CBOR: {exc}") from exc
         with self._cond:
             if self._closing or self._writer_dead:
                 raise AuditError(
@@ -270,13 +307,7 @@ class AuditLog:
                 )
             self._queue.append(item)
             self._cond.notify()
-        try:
-            return item.future.result(timeout)
-        except FutureTimeout as exc:
-            raise AuditError(
-                f"audit log did not confirm the record within {timeout} s; treat the request "
-                "as failed and check the audit disk"
-            ) from exc
+        return item.future
 
     def close(self) -> None:
         """Write what is queued, sign a final checkpoint, and release the directory.
