@@ -152,13 +152,18 @@ def test_batch_issue_then_verify_from_stdin(
     code = run(service, ["issue", "--batch", str(source), "--out", str(out), "--chunk-size", "8"])
     captured = capsys.readouterr()
     assert code == 1
-    assert "processed 8/21 (38%)" in captured.err
-    assert "2 of 21 records refused" in captured.err
+    assert "\r" not in captured.err, "progress is for a terminal only"
+    assert "2 of 21 records refused (json: 1, v[0].dn: 1)" in captured.err
+    summary = json.loads(captured.out)
+    assert (summary["issued"], summary["refused"], summary["lines"]) == (19, 2, 21)
+    assert summary["refused_by_field"] == {"json": 1, "v[0].dn": 1}
+    assert (summary["last_line"], summary["complete"]) == (22, True)
     assert service.batches == [7, 8, 4]
     results: list[dict[str, Any]] = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["line"] for r in results] == [*range(1, 21), 22]
     assert results[4]["error"] == "v[0].dn: dose number must be >= 1"
-    assert "error" in results[-1]
+    assert results[4]["field"] == "v[0].dn"
+    assert results[-1]["field"] == "json" and "not valid JSON" in results[-1]["error"]
     good = [r["hc1"] for r in results if "hc1" in r]
     assert len(good) == 19
 
