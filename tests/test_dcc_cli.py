@@ -4,6 +4,8 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
+import select
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -209,3 +211,29 @@ def test_verify_garbage_exits_nonzero(
     result = json.loads(capsys.readouterr().out)
     assert result["signature_valid"] is False
     assert result["error"]
+
+
+def test_batch_progress_goes_to_a_terminal(
+    service: SoftService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text((EXAMPLES / "records-vn.jsonl").read_text(encoding="utf-8") * 3, "utf-8")
+    controller, terminal = os.openpty()
+    shown = b""
+    with open(terminal, "w", encoding="utf-8") as tty:
+        monkeypatch.setattr("sys.stderr", tty)
+        out = tmp_path / "out.jsonl"
+        code = run(service, ["issue", "--batch", str(source), "--out", str(out)])
+        monkeypatch.undo()
+        tty.flush()
+        while select.select([controller], [], [], 0.2)[0]:
+            shown += os.read(controller, 65536)
+    os.close(controller)
+    assert code == 0
+    text = shown.decode()
+    assert "\rsigner: line 60, 100.0 % of the input, 60 issued, 0 refused" in text
+    assert "signer: issued 60 of 60 records" in text
+    assert json.loads(capsys.readouterr().out)["issued"] == 60
