@@ -30,6 +30,7 @@ from typing import Any
 from signer.dcc.issue import PreparedCertificate
 
 LINE_SHA256_HEX = 16
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
 QR_FORMATS = ("png", "svg")
 QR_FILES_PER_FOLDER = 1000
 
@@ -72,19 +73,19 @@ def issued_line(
     record = {"line": number, "line_sha256": sha, **certificate_summary(cert, hc1)}
     if qr is not None:
         record["qr"] = qr.as_posix()
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return _to_json(record) + "\n"
 
 
 def error_line(number: int, sha: str, field: str, message: str) -> str:
     """The output line of a refused input line."""
     record = {"line": number, "line_sha256": sha, "field": field, "error": message}
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return _to_json(record) + "\n"
 
 
 def uvci_line(uvci: str, co: str, kind: str, kid_hex: str, issued_at: str) -> str:
     """One line of ``--uvci-out``: what revocation by UCI needs of an issued certificate."""
     entry = {"uvci": uvci, "co": co, "kind": kind, "kid": kid_hex, "issued_at": issued_at}
-    return json.dumps(entry, ensure_ascii=False) + "\n"
+    return _to_json(entry) + "\n"
 
 
 def uvci_line_of(cert: PreparedCertificate) -> str:
