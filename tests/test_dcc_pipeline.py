@@ -370,3 +370,24 @@ def test_the_library_runs_worker_processes_with_a_picklable_factory(
     assert summary.checked_signatures == 500  # rate 1: every signature checked
     assert summary.stop is None and notes == []
     assert_complete_and_consistent(tmp_path, lines, trust_of(appliance, tmp_path), verify_all=True)
+
+
+def test_workers_connect_over_mtls_and_a_refusal_stops_the_batch(
+    make_appliance: MakeAppliance, tmp_path: Path
+) -> None:
+    appliance = make_appliance(mtls=True)
+    source = tmp_path / "in.jsonl"
+    lines = write_batch(source, 400)
+    before = signatures_total(appliance)
+    refused = appliance.cli(
+        *batch_args(appliance, source, tmp_path, "--jobs", "2", "--as", "auditor"), check=False
+    )
+    assert refused.returncode == EXIT_REFUSED
+    assert "refused by the daemon: PERMISSION_DENIED" in refused.stderr.decode()
+    assert json.loads(refused.stdout)["stopped"]["status"] == "PERMISSION_DENIED"
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
+    assert signatures_total(appliance) == before
+
+    issued = appliance.cli(*batch_args(appliance, source, tmp_path, "--jobs", "2"))
+    assert json.loads(issued.stdout)["issued"] == len(lines)
+    assert_complete_and_consistent(tmp_path, lines, trust_of(appliance, tmp_path))

@@ -27,6 +27,7 @@ and then becomes unavailable is retried with backoff for ``retry_seconds`` first
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import queue
@@ -260,6 +261,10 @@ def _run_processes(
     chunks: Iterator[Chunk],
     writer: _Writer,
 ) -> None:
+    first = next(chunks, None)
+    if first is None:
+        return  # nothing left to issue: no worker to start
+    chunks = itertools.chain([first], chunks)
     context = multiprocessing.get_context("spawn")
     tasks: Any = context.Queue()
     results: Any = context.Queue()
