@@ -14,8 +14,9 @@ For every run it prints one ``key=value`` line:
 
 * ``records_per_s``: output lines per second of wall time;
 * ``client_cpu_us``: client CPU (user + system, the issuing process and its worker processes)
-  per record, without the start-up of the worker processes (``startup_cpu_s``, measured with
-  an empty input and the same ``--jobs``): what one more client core buys in a long batch;
+  per record, without the start-up of the worker processes (``startup_cpu_s``: a run with the
+  same ``--jobs`` over two one-line chunks per worker): what a client core costs in a long
+  batch;
 * ``hsm_wait``: share of the HSM worker processes' time with no signature being made (1 -
   PKCS#11 signing time summed over the workers / (wall time x workers));
 * ``cpu_per_wall``: client cores kept busy.
@@ -32,6 +33,7 @@ with the results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -126,12 +128,17 @@ def ceiling(appliance: Appliance, digests: int) -> float:
 
 
 def startup_cpu(appliance: Appliance, work: Path, jobs: int, options: BatchOptions) -> float:
-    """Client CPU of a run over an empty input: starting (and ending) the worker processes."""
-    empty, out = work / "empty.jsonl", work / "empty-out.jsonl"
-    empty.write_bytes(b"")
+    """Client CPU of a run that starts every worker process and signs almost nothing: two
+    one-line chunks per worker (their own cost is a few hundred microseconds)."""
+    tiny, out = work / "tiny.jsonl", work / "tiny-out.jsonl"
+    write_input(tiny, 2 * jobs)
     before = client_cpu()
     issue_batch(
-        empty, out, functools.partial(connect, appliance.address), options=options, jobs=jobs
+        tiny,
+        out,
+        functools.partial(connect, appliance.address),
+        options=dataclasses.replace(options, chunk_size=1),
+        jobs=jobs,
     )
     out.unlink()
     return client_cpu() - before
