@@ -1,4 +1,4 @@
-"""Issue DCC QR codes from a backend in Python: a JSONL file of records in, HC1 strings and PNGs out.
+"""Issue DCC QR codes from a backend in Python: JSONL records in, HC1 strings and PNGs out.
 
 With the dev daemon running (``make serve``)::
 

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import itertools
 import json
+import os
 import random
 import shutil
 import signal
@@ -32,7 +33,13 @@ from signer.dcc.batch_worker import BatchOptions
 from signer.dcc.issue import RotatingSigner
 from signer.dcc.pipeline import issue_batch
 from tests.conftest import ROOT, Appliance, MakeAppliance, children_of, free_port
-from tests.test_dcc_daemon import independently_verified, signatures_total, trust_list
+from tests.test_dcc_daemon import (
+    activate_key,
+    independently_verified,
+    ready_keys,
+    signatures_total,
+    trust_list,
+)
 
 EXAMPLES = ROOT / "examples"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 69
@@ -390,4 +397,64 @@ def test_workers_connect_over_mtls_and_a_refusal_stops_the_batch(
 
     issued = appliance.cli(*batch_args(appliance, source, tmp_path, "--jobs", "2"))
     assert json.loads(issued.stdout)["issued"] == len(lines)
+    assert_complete_and_consistent(tmp_path, lines, trust_of(appliance, tmp_path))
+
+
+def test_a_key_rotation_in_the_middle_of_a_batch_is_followed_by_every_worker(
+    make_appliance: MakeAppliance, tmp_path: Path
+) -> None:
+    appliance = make_appliance({"keys": {"overlap_minutes": 0}})
+    (successor,) = ready_keys(appliance, tmp_path, "successor")
+    first_kid = appliance.signing_key().kid.hex()
+    source = tmp_path / "in.jsonl"
+    lines = write_batch(source, 20_000)
+    args = batch_args(appliance, source, tmp_path, "--jobs", "2", "--chunk-size", "200")
+    process = start_batch(appliance, args)
+    wait_for_lines(tmp_path / "out.jsonl", 1000, process)
+    # Hold the batch still while the officer activates the successor (overlap 0: the old
+    # kid is refused at once), so that the rotation surely lands in the middle of the batch.
+    paused = [process.pid, *children_of(process.pid)]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        written = (tmp_path / "out.jsonl").read_bytes().count(b"\n")
+        activate_key(appliance, successor)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["issued"] == len(lines)
+    second_kid = appliance.signing_key().kid.hex()
+    assert second_kid != first_kid
+    assert f"now signing with kid {second_kid}" in stderr.decode()
+
+    out = assert_complete_and_consistent(
+        tmp_path, lines, trust_of(appliance, tmp_path), verify_all=True
+    )
+    kids = [record["kid"] for record in out]
+    assert set(kids) == {first_kid, second_kid}
+    assert set(kids[:written]) == {first_kid}
+    assert kids[-1] == second_kid
+
+
+def test_ctrl_c_writes_what_is_finished_and_the_batch_continues_later(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = write_batch(source, 20_000)
+    args = batch_args(appliance, source, tmp_path, "--jobs", "2", "--chunk-size", "200")
+    process = start_batch(appliance, args)
+    wait_for_lines(tmp_path / "out.jsonl", 1000, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True and summary["complete"] is False
+    assert f"stopped after line {summary['last_line']}" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    written = read_jsonl(tmp_path / "out.jsonl")
+    assert [record["line"] for record in written] == list(range(1, summary["last_line"] + 1))
+
+    appliance.cli(*args)
     assert_complete_and_consistent(tmp_path, lines, trust_of(appliance, tmp_path))

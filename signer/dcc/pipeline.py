@@ -26,11 +26,13 @@ and then becomes unavailable is retried with backoff for ``retry_seconds`` first
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -54,6 +56,7 @@ from signer.dcc.batch_worker import (
     Chunk,
     ChunkResult,
     ChunkWorker,
+    Flag,
     SignerFactory,
     Stop,
     run_pipelined,
@@ -159,7 +162,7 @@ def issue_batch(
         summary = BatchSummary(resumed_after=point.line, last_line=point.line)
         size = os.fstat(input_file.fileno()).st_size
         meter = _Progress(progress, size, input_file.tell()) if progress is not None else None
-        with _Writer(out, uvci_out, summary, tell, meter) as writer:
+        with _Writer(out, uvci_out, summary, tell, meter) as writer, _interrupts_to(writer):
             chunks = _chunks(input_file, point.line, options.chunk_size, writer)
             try:
                 if jobs == 1:
@@ -167,12 +170,32 @@ def issue_batch(
                 else:
                     _run_processes(make_signer, options, jobs, chunks, writer)
             except KeyboardInterrupt:
-                summary.interrupted = True
+                writer.interrupted = True
+            summary.interrupted = writer.interrupted
             summary.complete = writer.reached_end and summary.stop is None
             if meter is not None:
                 meter.finish()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@contextlib.contextmanager
+def _interrupts_to(writer: _Writer) -> Iterator[None]:
+    """The first Ctrl-C stops the batch in order (what is finished is written); a second one
+    interrupts at once. Only where signals can be handled (the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: object) -> None:
+        writer.interrupt()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _skip_done(file: IO[bytes], source: Path, out: Path, point: ResumePoint) -> None:
@@ -240,6 +263,7 @@ def _run_inline(
     make_signer: SignerFactory, options: BatchOptions, chunks: Iterator[Chunk], writer: _Writer
 ) -> None:
     reached, stop = threading.Event(), threading.Event()
+    writer.watch(stop)
     try:
         signer = make_signer()
     except Exception as error:
@@ -269,6 +293,7 @@ def _run_processes(
     tasks: Any = context.Queue()
     results: Any = context.Queue()
     reached, stop = context.Event(), context.Event()
+    writer.watch(stop)
     workers = [
         context.Process(
             target=worker_main,
@@ -346,7 +371,10 @@ class _Writer:
     ) -> None:
         self.summary = summary
         self.failed = False
+        """No more chunks to hand out: the batch stops (a failure or Ctrl-C)."""
+        self.interrupted = False
         self.reached_end = False
+        self._flags: list[Flag] = []
         self._out_path = out
         self._uvci_path = uvci_out
         self._tell = tell
@@ -372,6 +400,17 @@ class _Writer:
                 file.flush()
                 os.fsync(file.fileno())
                 file.close()
+
+    def watch(self, flag: Flag) -> None:
+        """Set ``flag`` (the workers' stop) when the batch is interrupted."""
+        self._flags.append(flag)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: hand out no more chunks; chunks on their way finish unless not started."""
+        self.interrupted = True
+        self.failed = True
+        for flag in self._flags:
+            flag.set()
 
     def input_ends(self, chunks: int) -> None:
         """The reader handed out ``chunks`` chunks and reached the end of the input."""
