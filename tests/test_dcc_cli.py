@@ -237,3 +237,28 @@ def test_batch_progress_goes_to_a_terminal(
     assert "\rsigner: line 60, 100.0 % of the input, 60 issued, 0 refused" in text
     assert "signer: issued 60 of 60 records" in text
     assert json.loads(capsys.readouterr().out)["issued"] == 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--verify-sample", "2"], "is not a number from 0 to 1"),
+        (["--chunk-size", "20000"], "--chunk-size 20000 is more than 10000"),
+        (["--qr", "x.png"], "with --batch use --qr-dir DIR"),
+        (["--retry-seconds", "-1"], "is not a number of seconds >= 0"),
+        (["--jobs", "2"], "--jobs 2 needs a signer that worker processes can make"),
+    ],
+)
+def test_batch_usage_errors(
+    service: SoftService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "out.jsonl"
+    source = str(EXAMPLES / "records-vn.jsonl")
+    assert run(service, ["issue", "--batch", source, "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert service.batches == []
