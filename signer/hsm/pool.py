@@ -14,25 +14,30 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from signer.config import HsmSettings
 from signer.errors import HsmError, HsmUnavailable, SignerError
+from signer.hsm.calibrate import Calibration
 from signer.hsm.session import TokenSession, call_name
-from signer.hsm.worker import READY, worker_main
+from signer.hsm.sizing import PoolPlan, plan_pool
+from signer.hsm.worker import READY, WorkerStarted, worker_main
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+START_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
+"""Pauses between the attempts to start one worker: a transient login error is retried."""
 
 
 T = TypeVar("T")
@@ -78,6 +83,7 @@ class _Worker:
         self.pending: dict[int, _Job] = {}
         self.load = 0
         self.alive = True
+        self.calibration: Calibration | None = None
 
 
 class WorkerPool:
@@ -85,6 +91,8 @@ class WorkerPool:
 
     def __init__(self, settings: HsmSettings, count: int | None = None) -> None:
         self._settings = settings
+        # A pool of a given size (set-up, tools) neither measures nor resizes itself.
+        self._sized = count is None
         self._count = count or settings.worker_count
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -92,6 +100,20 @@ class WorkerPool:
         self._job_ids = itertools.count(1)
         self._closing = False
         self.restarts = 0
+        self.plan: PoolPlan = plan_pool(
+            None, os.cpu_count() or 1, self._count, settings.max_workers, settings.min_chunk
+        )
+        self.calibration: Calibration | None = None
+
+    @property
+    def min_chunk(self) -> int:
+        """Fewest digests per job when a batch is split (configured, or from the measurement)."""
+        return self.plan.min_chunk
+
+    @property
+    def degraded(self) -> bool:
+        """True while fewer workers run than the pool should have (some are being recovered)."""
+        return self.workers_up < self._count
 
     @property
     def size(self) -> int:
@@ -108,9 +130,89 @@ class WorkerPool:
         return [w.pid for w in self._workers if w is not None and w.alive]
 
     def start(self) -> None:
-        """Start every worker and wait until each has logged in; raise if one cannot."""
-        for index in range(self._count):
-            self._workers[index] = self._spawn(index)
+        """Start the workers; the first measures the HSM when the pool sizes itself.
+
+        Each start is retried with backoff while the HSM is unavailable. When some workers
+        still cannot start, the pool runs degraded with the others and keeps starting the
+        missing ones in the background; it raises when none starts, or at once when the HSM
+        refuses (a wrong PIN is not tried again).
+        """
+        missing = []
+        index = 0
+        while index < self._count:
+            measure = self._sized and self.workers_up == 0
+            try:
+                self._workers[index] = self._start_worker(index, measure)
+            except HsmUnavailable as exc:
+                missing.append(index)
+                failure = exc
+            index += 1
+        if not self.workers_up:
+            raise failure
+        if missing:
+            log.warning(
+                "HSM: %d of %d workers could not start (%s); serving degraded with %d while"
+                " they are started again in the background",
+                len(missing),
+                self._count,
+                failure,
+                self.workers_up,
+            )
+            for lost in missing:
+                threading.Thread(
+                    target=self._restart, args=(lost,), name=f"signer-hsm-start-{lost}", daemon=True
+                ).start()
+
+    def _start_worker(self, index: int, measure: bool) -> _Worker:
+        """Spawn one worker, retrying with backoff while the HSM is unavailable."""
+        for pause in (*START_BACKOFF_SECONDS, None):
+            try:
+                worker = self._spawn(index, measure)
+            except HsmUnavailable as exc:
+                if pause is None:
+                    raise
+                log.warning("HSM worker %d: %s; trying again in %g s", index, exc, pause)
+                time.sleep(pause)
+                continue
+            if worker.calibration is not None:
+                self._apply(worker.calibration)
+            return worker
+        raise AssertionError("unreachable")
+
+    def _apply(self, found: Calibration) -> None:
+        """Size the pool from the first worker's measurement and settle C_CopyObject."""
+        s = self._settings
+        self.calibration = found
+        if found.problem:
+            log.warning(
+                "HSM: could not measure the module (%s); sizing as configured", found.problem
+            )
+        if found.copy_supported is False and s.copy_keys_to_session is not False:
+            log.log(
+                logging.WARNING if s.copy_keys_to_session is True else logging.INFO,
+                "PKCS#11 module %s cannot copy keys into a session (C_CopyObject): workers"
+                " sign from the token keys; set [hsm] copy_keys_to_session = false to skip the"
+                " attempt",
+                s.module,
+            )
+            self._settings = replace(s, copy_keys_to_session=False)
+        cores = os.cpu_count() or 1
+        self.plan = plan_pool(found.timing, cores, s.workers, s.max_workers, s.min_chunk)
+        if self.plan.warning:
+            log.warning("HSM: %s", self.plan.warning)
+        if found.timing is not None:
+            log.info(
+                "HSM: %.3f ms per signature, %.3f ms of it CPU here: %d workers (%d would keep"
+                " the cores busy), chunks of at least %d digests",
+                found.timing.wall * 1e3,
+                found.timing.cpu * 1e3,
+                self.plan.workers,
+                self.plan.wanted,
+                self.plan.min_chunk,
+            )
+        if self.plan.workers != self._count:
+            self._count = self.plan.workers
+            self._workers = (self._workers + [None] * self._count)[: self._count]
 
     def close(self) -> None:
         """Stop all workers."""
@@ -220,11 +322,11 @@ class WorkerPool:
                     worker.load -= job.weight
             return not still_ours
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, measure: bool = False) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
-            args=(child, self._settings),
+            args=(child, self._settings, measure),
             name=f"signer-hsm-{index}",
             daemon=True,
         )
@@ -242,11 +344,14 @@ class WorkerPool:
                 raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
             if status != READY:
                 process.join(timeout=5)
-                raise HsmUnavailable(f"HSM worker {index} could not start: {value}")
+                kind = type(value) if isinstance(value, SignerError) else HsmUnavailable
+                raise kind(f"HSM worker {index} could not start: {value}")
         except BaseException:
             parent.close()
             raise
-        worker = _Worker(index, process, parent, int(value))
+        assert isinstance(value, WorkerStarted)
+        worker = _Worker(index, process, parent, value.pid)
+        worker.calibration = value.calibration
         threading.Thread(
             target=self._read, args=(worker,), name=f"signer-hsm-reader-{index}", daemon=True
         ).start()

@@ -17,6 +17,7 @@ from signer.errors import InvalidRequest
 from signer.hsm.api import GeneratedKey
 from signer.hsm.pool import WorkerPool
 from signer.hsm.session import TokenSession
+from signer.hsm.sizing import DEFAULT_MIN_CHUNK
 from signer.sigformat import (
     P256_SIGNATURE_BYTES,
     SHA256_DIGEST_BYTES,
@@ -24,12 +25,12 @@ from signer.sigformat import (
     raw_to_der,
 )
 
-MIN_CHUNK = 128
-"""Below this many digests a batch is not split: the pipe round trip would cost more."""
 
-
-def chunk_bounds(count: int, workers: int, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int]]:
-    """How to cut ``count`` digests into near-equal chunks for ``workers`` workers (pure)."""
+def chunk_bounds(
+    count: int, workers: int, min_chunk: int = DEFAULT_MIN_CHUNK
+) -> list[tuple[int, int]]:
+    """How to cut ``count`` digests into near-equal chunks for ``workers`` workers, none
+    smaller than ``min_chunk`` unless the batch is (pure)."""
     parts = max(1, min(workers, count // min_chunk))
     size = -(-count // parts)
     return [(start, min(start + size, count)) for start in range(0, count, size)]
@@ -67,7 +68,7 @@ class PooledToken:
                 ),
                 weight=end - start,
             )
-            for start, end in chunk_bounds(len(digests), self.pool.workers_up)
+            for start, end in chunk_bounds(len(digests), self.pool.workers_up, self.pool.min_chunk)
         ]
         return split_signatures(b"".join(self.pool.wait(job) for job in jobs), encoding)
 
