@@ -11,6 +11,7 @@ job that may be retried is dispatched once more to another worker, and fails wit
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import multiprocessing
@@ -26,7 +27,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from signer.config import HsmSettings
-from signer.errors import HsmError, HsmUnavailable, SignerError
+from signer.errors import ConfigError, HsmError, HsmUnavailable, SignerError
 from signer.hsm.calibrate import Calibration
 from signer.hsm.session import TokenSession, call_name
 from signer.hsm.sizing import PoolPlan, plan_pool
@@ -132,23 +133,25 @@ class WorkerPool:
     def start(self) -> None:
         """Start the workers; the first measures the HSM when the pool sizes itself.
 
-        Each start is retried with backoff while the HSM is unavailable. When some workers
-        still cannot start, the pool runs degraded with the others and keeps starting the
-        missing ones in the background; it raises when none starts, or at once when the HSM
-        refuses (a wrong PIN is not tried again).
+        The first worker's start is retried with backoff while the HSM is unavailable, and
+        raises when it still cannot start (at once when the HSM refuses: a wrong PIN is not
+        tried again). A later worker that cannot start leaves the pool degraded: it serves
+        with the others and keeps starting the missing ones in the background.
         """
+        # A pool its owner did not close (a daemon whose start failed) stops its workers at exit
+        # instead of mourning and replacing them while the interpreter shuts down.
+        atexit.register(self.close)
+        self._workers[0] = self._start_worker(0, self._sized)
         missing = []
-        index = 0
-        while index < self._count:
-            measure = self._sized and self.workers_up == 0
+        for index in range(1, self._count):
             try:
-                self._workers[index] = self._start_worker(index, measure)
-            except HsmUnavailable as exc:
+                self._workers[index] = self._spawn(index)
+            except ConfigError:
+                raise
+            except SignerError as exc:
+                # The first worker logged in with the same settings: this is the HSM's trouble.
                 missing.append(index)
                 failure = exc
-            index += 1
-        if not self.workers_up:
-            raise failure
         if missing:
             log.warning(
                 "HSM: %d of %d workers could not start (%s); serving degraded with %d while"
@@ -216,6 +219,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop all workers."""
+        atexit.unregister(self.close)
         with self._lock:
             self._closing = True
         for worker in self._workers:

@@ -11,6 +11,8 @@ from pkcs11.exceptions import (
     DeviceError,
     DeviceMemory,
     DeviceRemoved,
+    FunctionFailed,
+    GeneralError,
     NoSuchToken,
     PinIncorrect,
     PinLocked,
@@ -95,6 +97,12 @@ def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
         raise HsmError(
             f"the user PIN of token {settings.token_label!r} is locked;"
             " a security officer must reset it"
+        ) from None
+    except (GeneralError, FunctionFailed) as exc:
+        # A refused PIN has codes of its own: these are the device's trouble, worth a retry.
+        raise HsmUnavailable(
+            f"HSM unavailable while logging in to token {settings.token_label!r}"
+            f" ({type(exc).__name__}); check the HSM and token"
         ) from None
     except PKCS11Error as exc:
         raise wrap_error(exc, f"logging in to token {settings.token_label!r}") from None
