@@ -3,7 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= hsm_config/dev.toml
 
-.PHONY: setup serve test lint typecheck check bench proto clean
+.PHONY: setup serve test test-p11kit lint typecheck check bench bench-network-hsm proto clean
+
+# The signing-path and key-ceremony tests a second time, through p11-kit's remote client module
+# in front of SoftHSM (a real `p11-kit server` per test token): every change proven on two
+# module paths. CI runs it after `make test` (which installs p11-kit with the test tools).
+P11KIT_TESTS := tests/test_signing_api.py tests/test_key_ceremony.py tests/test_hsm_portability.py
 
 setup:
 	./softhsm_setup.sh
@@ -14,6 +19,10 @@ serve: setup
 test:
 	./softhsm_setup.sh --test-tools
 	$(BIN)/pytest -q
+
+test-p11kit:
+	./softhsm_setup.sh --test-tools
+	$(BIN)/pytest -q --pkcs11-remote $(P11KIT_TESTS)
 
 lint:
 	$(BIN)/ruff check .
@@ -27,6 +36,11 @@ check: lint typecheck test
 bench: setup
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/issue.py
+
+# Network-HSM throughput: p11-kit remoting with 1 ms added per PKCS#11 call, workers = 2 vs
+# "auto", and PKCS#11 calls per signature (README "HSM modules").
+bench-network-hsm: setup
+	$(BIN)/python benchmarks/network_hsm.py
 
 # Regenerate the gRPC stubs in signer/v1 from protos/ (a test fails when they are stale).
 proto:
