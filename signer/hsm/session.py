@@ -3,7 +3,9 @@
 :class:`TokenSession` runs only inside a worker process, on its main thread (DESIGN.md §3.1).
 The daemon reaches it through :class:`signer.hsm.pooled.PooledToken`, which sends its bound
 methods over the worker pipe; digests and signatures travel packed in one ``bytes`` each,
-which pickles in a fraction of the time a list of small ``bytes`` takes.
+which pickles in a fraction of the time a list of small ``bytes`` takes. Signatures go through
+:class:`signer.hsm.rawsign.SigningPath` (two PKCS#11 calls each), from a session copy of the
+key where the module makes one.
 """
 
 from __future__ import annotations
