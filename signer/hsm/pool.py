@@ -348,7 +348,8 @@ class WorkerPool:
                 raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
             if status != READY:
                 process.join(timeout=5)
-                kind = type(value) if isinstance(value, SignerError) else HsmUnavailable
+                # A refusal (PIN, configuration) keeps its kind: it is not retried.
+                kind = type(value) if isinstance(value, ConfigError | HsmError) else HsmUnavailable
                 raise kind(f"HSM worker {index} could not start: {value}")
         except BaseException:
             parent.close()
