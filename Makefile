@@ -3,42 +3,46 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= hsm_config/dev.toml
 
-.PHONY: setup serve test test-p11kit lint typecheck check bench bench-network-hsm proto clean
+.PHONY: setup tools serve test test-p11kit lint typecheck check bench bench-network-hsm proto dist clean
 
 # The signing-path and key-ceremony tests a second time, through p11-kit's remote client module
 # in front of SoftHSM (a real `p11-kit server` per test token): every change proven on two
-# module paths. CI runs it after `make test` (which installs p11-kit with the test tools).
+# module paths.
 P11KIT_TESTS := tests/test_signing_api.py tests/test_key_ceremony.py tests/test_hsm_portability.py
 
 setup:
 	./softhsm_setup.sh
 
+# The set-up plus what the tests and checks call (zbarimg, promtool, PostgreSQL, p11-kit, ruff, mypy).
+tools:
+	./softhsm_setup.sh --test-tools
+
 serve: setup
 	$(BIN)/signer serve --config $(CONFIG)
 
-test:
-	./softhsm_setup.sh --test-tools
+test: tools
 	$(BIN)/pytest -q
 
-test-p11kit:
-	./softhsm_setup.sh --test-tools
+test-p11kit: tools
 	$(BIN)/pytest -q --pkcs11-remote $(P11KIT_TESTS)
 
-lint:
+lint: tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck:
-	$(BIN)/mypy signer
+typecheck: tools
+	$(BIN)/mypy signer tests
 
-check: lint typecheck test
+# What CI runs (.ci/run): lint, strict typecheck of code and tests, the whole suite, and the
+# signing-path and ceremony tests again through p11-kit remoting.
+check: lint typecheck test test-p11kit
 
 bench: setup
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/issue.py
 
-# Network-HSM throughput: p11-kit remoting with 1 ms added per PKCS#11 call, workers = 2 vs
-# "auto", and PKCS#11 calls per signature (README "HSM modules").
+# Network-HSM throughput: p11-kit remoting with 1 ms added per PKCS#11 call, workers = one per
+# core vs "auto", and PKCS#11 calls per signature (README "HSM modules").
 bench-network-hsm: setup
 	$(BIN)/python benchmarks/network_hsm.py
 
@@ -47,5 +51,9 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--pyi_out=. protos/signer/v1/*.proto
 
+# The wheel and sdist the deployment installs (deploy/README.md), in dist/.
+dist:
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data out dist build .pytest_cache .mypy_cache .ruff_cache

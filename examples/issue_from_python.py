@@ -2,7 +2,7 @@
 
 With the dev daemon running (``make serve``)::
 
-    .venv/bin/python examples/issue_from_python.py examples/records-vn.jsonl --out-dir qr/
+    .venv/bin/python examples/issue_from_python.py examples/records-vn.jsonl --out-dir out/qr/
 
 For another appliance pass ``--target HOST:PORT`` (repeat it for round robin over several
 appliances given as IP:port) and the mTLS files of an issuer identity. Key rotations during the

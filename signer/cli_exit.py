@@ -33,6 +33,9 @@ class ExitCode(IntEnum):
     REFUSED = 1
     # Bad option or argument, or an input file that cannot be read or parsed.
     USAGE = 2
+    # A check passed but found something an operator must look at: `audit verify` on an
+    # intact log that records a repair which cut records (log_repaired).
+    FINDING = 3
     # EX_UNAVAILABLE: the daemon cannot be reached or answered UNAVAILABLE/DEADLINE_EXCEEDED,
     # or the record store cannot be reached (``signer serve`` at start, local tools).
     UNAVAILABLE = 69

@@ -23,9 +23,9 @@ from typing import Any, Literal, TypeVar
 
 from signer.errors import ConfigError
 from signer.identity import normalise
+from signer.keys.profiles import PROFILES
 
 DEFAULT_MAX_BATCH = 10_000
-KNOWN_PROFILES = ("vaccination", "test", "recovery")
 # A digest costs 34 bytes in a SignBatchRequest and a DER signature up to 74 in the answer;
 # the slack covers the other fields.
 _BYTES_PER_DIGEST_MESSAGE = 80
@@ -95,18 +95,25 @@ class HsmSettings:
     """Signing worker processes: a number, 0 for one per core, or "auto" (measured at start)."""
     max_workers: int = 32
     """Upper bound for ``workers = "auto"``: keep it within the HSM's session limit."""
-    min_chunk: int | Literal["auto"] = AUTO
-    """Fewest digests per worker job when a batch is split; "auto" derives it from latency."""
     softhsm_conf: Path | None = None
     vendor_environment: tuple[tuple[str, str], ...] = ()
     """``[hsm.environment]``: variables the vendor's module reads (name, value)."""
     audit_key_label: str = "signer-audit"
     csca_key_label: str = "dev-csca"
+    upload_key_label: str = "signer-upload"
+    """The key that signs what the country publishes (DCC Gateway NB_UP): upload packages of
+    DSCs and signed trust lists. Generated in the HSM like every other key."""
     copy_keys_to_session: bool | Literal["auto"] = AUTO
     """Sign from a session copy of each key where the module supports C_CopyObject."""
     key_id_bytes: int = 8
     """Length of the random CKA_ID signer asks for; 0 lets the module choose it."""
     timeout_seconds: float = 30.0
+    chunk_digests: int = 128
+    """Most digests in one worker job while the pool has one worker per core: large batches
+    are cut, small requests share one. A larger pool (a network HSM) cuts its jobs in
+    proportion (:func:`signer.hsm.sizing.job_digests`)."""
+    coalesce: bool = True
+    """Concurrent small requests for one key that wait together share a worker job."""
 
     @property
     def worker_count(self) -> int:
@@ -150,7 +157,9 @@ class AuditSettings:
     segment_max_bytes: int = 64 * _MIB
     checkpoint_every_records: int = 10_000
     checkpoint_every_seconds: float = 60.0
-    store_signatures: bool = False
+    keep_signatures: bool = False
+    """TOML ``store_signatures``: keep each whole signature in its record, beside the 16-byte
+    SIGNATURE revocation hash every signed batch record keeps anyway."""
     origin: str = "signer"
 
 
@@ -225,6 +234,29 @@ class StoreSettings:
     password_file: Path | None = None
 
 
+DCC_VALUE_SETS = (
+    "disease-agent-targeted",
+    "vaccine-prophylaxis",
+    "vaccine-medicinal-product",
+    "vaccine-mah-manf",
+    "test-type",
+    "test-manf",
+    "test-result",
+    "country-2-codes",
+)
+"""The eHN value-set names ``[dcc.national_codes]`` may extend (see signer.dcc.value_sets)."""
+
+
+@dataclass(frozen=True)
+class DccSettings:
+    """What ``signer dcc issue`` checks records against."""
+
+    value_sets: Path | None = None
+    """Folder of eHN value-set files (``NAME.json``); ``None``: the copy shipped with signer."""
+    national_codes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Value-set name -> national codes accepted besides the official ones."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a daemon needs, validated."""
@@ -244,6 +276,7 @@ class Settings:
     """Security officers as persons: name -> the certificate identities that person uses.
     Every listed identity holds the officer role; dual control counts persons."""
     store: StoreSettings = field(default_factory=StoreSettings)
+    dcc: DccSettings = field(default_factory=DccSettings)
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -283,6 +316,7 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         client=_client(reader.table("client")),
         officers=MappingProxyType(officers),
         store=_store(reader.table("store")),
+        dcc=_dcc(reader.table("dcc")),
     )
     reader.reject_unknown()
     problems += _profile_problems(settings.profiles)
@@ -295,11 +329,10 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
 def _profile_problems(profiles: tuple[str, ...]) -> list[str]:
     if not profiles:
         return ["'profiles' must name at least one certificate profile"]
-    unknown = sorted(set(profiles) - set(KNOWN_PROFILES))
+    unknown = sorted(set(profiles) - set(PROFILES))
     if unknown:
         return [
-            f"unknown profile(s) {', '.join(map(_show, unknown))};"
-            f" known: {', '.join(KNOWN_PROFILES)}"
+            f"unknown profile(s) {', '.join(map(_show, unknown))}; known: {', '.join(PROFILES)}"
         ]
     return []
 
@@ -665,14 +698,16 @@ def _hsm(t: _Reader) -> HsmSettings:
         pin_env=pin_env,
         workers=t.whole_or_auto("workers", 0, 256),
         max_workers=t.whole("max_workers", 1, 256),
-        min_chunk=t.whole_or_auto("min_chunk", 1, 100_000),
         softhsm_conf=t.path("softhsm_conf"),
         vendor_environment=_hsm_environment(t.table("environment"), pin_env),
         audit_key_label=t.text("audit_key_label", nonempty=True),
         csca_key_label=t.text("csca_key_label", nonempty=True),
+        upload_key_label=t.text("upload_key_label", nonempty=True),
         copy_keys_to_session=copy,
         key_id_bytes=t.whole("key_id_bytes", 0, 64),
         timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
+        chunk_digests=t.whole("chunk_digests", 1, 100_000),
+        coalesce=t.flag("coalesce"),
     )
 
 
@@ -723,7 +758,7 @@ def _audit(t: _Reader) -> AuditSettings:
         segment_max_bytes=None if segment_mb is None else segment_mb * _MIB,
         checkpoint_every_records=t.whole("checkpoint_every_records", 1, 10_000_000),
         checkpoint_every_seconds=t.number("checkpoint_every_seconds", 0.1, _DAY / _SECOND),
-        store_signatures=t.flag("store_signatures"),
+        keep_signatures=t.flag("store_signatures"),
         origin=t.text("origin", nonempty=True),
     )
     # The default directory, like every relative path, lives next to the configuration file.
@@ -845,6 +880,28 @@ def _store(t: _Reader) -> StoreSettings:
             if key not in _STORE_KEYS[chosen]:
                 t.problem(key, f"is not used with backend = {chosen.value!r}")
     return _build(StoreSettings, backend=backend, path=path, dsn=dsn, password_file=password_file)
+
+
+def _dcc(t: _Reader) -> DccSettings:
+    codes = t.table("national_codes")
+    national: dict[str, tuple[str, ...]] = {}
+    for name in codes.names():
+        listed = codes.str_list(name)
+        if name not in DCC_VALUE_SETS:
+            codes.problem(name, f"is not a value set; use one of {', '.join(DCC_VALUE_SETS)}")
+            continue
+        if listed is None:
+            continue
+        bad = [code for code in listed if not 0 < len(code) <= 80 or code != code.strip()]
+        if bad or _has_control_characters("".join(listed)):
+            codes.problem(name, "codes must be 1-80 characters without surrounding spaces", listed)
+            continue
+        national[name] = tuple(listed)
+    return _build(
+        DccSettings,
+        value_sets=t.path("value_sets"),
+        national_codes=MappingProxyType(national),
+    )
 
 
 def _checked_dsn(t: _Reader, dsn: str) -> str | None:

@@ -13,9 +13,10 @@ from signer.sigformat import der_to_raw
 ORIGIN = "test.example/audit"
 
 
-def make_signer() -> CheckpointSigner:
-    """A checkpoint signer backed by a fresh software P-256 key (the HSM's stand-in)."""
-    priv = ec.generate_private_key(ec.SECP256R1())
+def make_signer(priv: ec.EllipticCurvePrivateKey | None = None) -> CheckpointSigner:
+    """A checkpoint signer backed by a software P-256 key (the HSM's stand-in), fresh if None."""
+    if priv is None:
+        priv = ec.generate_private_key(ec.SECP256R1())
     spki = priv.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -34,6 +34,7 @@ from tests.hsm_modules import (
     module_under_test,
     provision,
 )
+from tests.tmp_retention import forget_earlier_runs  # noqa: F401 (session fixture, autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LABEL = "signer-test"
@@ -305,7 +306,10 @@ def children_of(pid: int) -> set[int]:
     """Direct children of a process (Linux /proc)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended while we looked
         found.update(int(c) for c in children)
     return found
 

@@ -73,6 +73,13 @@ def verify_cli(
     return result.returncode, report
 
 
+def finding_seqs(report: dict[str, object]) -> list[int]:
+    """Sequence numbers of the records that ``audit verify --json`` reported as findings."""
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    return [finding["seq"] for finding in findings]
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -153,12 +160,15 @@ def test_sigkill_during_signing_leaves_no_unlogged_signature(make_appliance: Mak
     appliance.stop()
 
     code, report = verify_cli(appliance, appliance.audit_dir)
-    assert code == 0 and report["ok"], report
+    records = list(iter_records(appliance.audit_dir))
+    cuts = [r.seq for r in records if r.event is EventType.LOG_REPAIRED]
+    # intact chain; each cut torn tail is a finding (exit 3), named by its repair record
+    assert report["ok"] and code == (3 if cuts else 0), report
+    assert finding_seqs(report) == cuts, report
     logged = signed_digests(appliance.audit_dir)
     unlogged = [d.hex() for d in received if d not in logged]
     assert not unlogged, f"{len(unlogged)} signatures left the daemon unlogged: {unlogged[:3]}"
     assert len(set(received)) == len(received), "a digest was signed twice"
-    records = list(iter_records(appliance.audit_dir))
     events = [r.event for r in records]
     assert events.count(EventType.DAEMON_START) == kills + 1
     assert events.count(EventType.DAEMON_STOP) == 1  # only the final, orderly stop
@@ -187,8 +197,9 @@ def test_sigkill_during_signing_leaves_no_unlogged_signature(make_appliance: Mak
     )
     appliance.stop()
     code, report = verify_cli(appliance, appliance.audit_dir)
-    assert code == 0 and report["ok"], report
     tail = list(iter_records(appliance.audit_dir))[len(records) :]
+    assert (code, report["ok"]) == (3, True), report
+    assert finding_seqs(report) == [*cuts, tail[0].seq], report
     assert [r.event for r in tail] == [
         EventType.LOG_REPAIRED,
         EventType.DAEMON_START,

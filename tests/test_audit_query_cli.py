@@ -115,3 +115,24 @@ def test_cli_find_and_tail(log_dir: Path, capsys: pytest.CaptureFixture[str]) ->
 
     assert run_cli(["tail", "--dir", str(log_dir)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 8
+
+
+def test_cli_verify_exits_3_on_a_repair_that_cut_bytes(
+    tmp_path: Path, log_dir: Path, signer: CheckpointSigner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pubkey = tmp_path / "audit.der"
+    pubkey.write_bytes(signer.spki_der)
+    with list_segments(log_dir)[-1].path.open("ab") as segment:
+        segment.write(b"\x00\x00\x00")  # a torn length prefix
+    with AuditLog(log_dir, signer):
+        pass  # the writer cuts the 3 bytes and records the cut
+    argv = ["verify", "--dir", str(log_dir), "--pubkey", str(pubkey)]
+    assert run_cli(argv) == 3
+    out = capsys.readouterr().out
+    assert "log_repaired at seq 9" in out and "cut 3 bytes" in out
+
+    assert run_cli([*argv, "--json"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["fault"] is None
+    (finding,) = report["findings"]
+    assert (finding["kind"], finding["seq"]) == ("log_repaired", 9)

@@ -15,7 +15,7 @@ from signer.audit.framing import encode_frame, scan_frames
 from signer.audit.log import AuditLog
 from signer.audit.record import GENESIS_PREV, decode_record, record_hash
 from signer.audit.segments import LATEST_CHECKPOINT, list_segments
-from signer.audit.verify import FaultKind, verify_log
+from signer.audit.verify import FaultKind, FindingKind, verify_log
 from signer.sigformat import raw_to_der
 from tests.audit_support import digest, make_signer
 
@@ -214,3 +214,32 @@ def test_missing_segment_is_reported(tmp_path: Path, signer: CheckpointSigner) -
     report = verify_log(directory, signer.spki_der)
     assert report.fault is FaultKind.MISSING
     assert report.first_bad_seq == segments[1].first_seq
+
+
+def test_repair_that_cut_bytes_is_a_finding(log_dir: Path, signer: CheckpointSigner) -> None:
+    torn_at = segment_path(log_dir).stat().st_size
+    with segment_path(log_dir).open("ab") as f:
+        f.write(frames(log_dir)[-1][:30])
+    with AuditLog(log_dir, signer) as log:
+        assert log.size == RECORDS + 1
+    report = verify_log(log_dir, signer.spki_der)
+    assert report.ok and report.fault is None, "a repair is not tampering"
+    assert report.records_checked == RECORDS + 1
+    (finding,) = report.findings
+    assert finding.kind is FindingKind.LOG_REPAIRED
+    assert finding.seq == RECORDS + 1
+    assert finding.position.startswith(f"seq {RECORDS + 1} (audit-000000000001.log offset ")
+    assert "cut 30 bytes" in finding.message and f"offset {torn_at}" in finding.message
+    assert f"after record {RECORDS}" in finding.message
+    assert not report.message.startswith("audit log intact")
+    assert "log_repaired" in report.message and "chain intact" in report.message
+
+
+def test_repair_without_a_cut_and_a_clean_restart_are_no_finding(
+    log_dir: Path, signer: CheckpointSigner
+) -> None:
+    with AuditLog(log_dir, signer) as log:
+        log.append(EventType.LOG_REPAIRED, details={"bytes_cut": 0})
+    report = verify_log(log_dir, signer.spki_der)
+    assert report.ok and report.findings == ()
+    assert report.message.startswith("audit log intact")

@@ -52,6 +52,7 @@ def test_exit_code_values_are_the_documented_table() -> None:
         "OK": 0,
         "REFUSED": 1,
         "USAGE": 2,
+        "FINDING": 3,
         "UNAVAILABLE": 69,
         "CONFIG": 78,
         "INTERRUPTED": 130,

@@ -462,7 +462,7 @@ def test_the_store_password_file_must_be_private_and_not_empty(tmp_path: Path) -
 
 def test_hsm_defaults_suit_any_module(tmp_path: Path) -> None:
     hsm = load(config(tmp_path, MINIMAL)).hsm
-    assert hsm.workers == "auto" and hsm.min_chunk == "auto"
+    assert hsm.workers == "auto" and hsm.chunk_digests == 128
     assert hsm.copy_keys_to_session == "auto"
     assert hsm.key_id_bytes == 8 and hsm.max_workers == 32
     assert hsm.vendor_environment == ()
@@ -471,11 +471,11 @@ def test_hsm_defaults_suit_any_module(tmp_path: Path) -> None:
 def test_workers_chunks_copies_and_key_ids_take_numbers_or_auto(tmp_path: Path) -> None:
     text = with_setting(
         "hsm",
-        'workers = 12\nmax_workers = 64\nmin_chunk = "auto"\ncopy_keys_to_session = false\n'
+        "workers = 12\nmax_workers = 64\nchunk_digests = 64\ncopy_keys_to_session = false\n"
         "key_id_bytes = 0",
     )
     hsm = load(config(tmp_path, text)).hsm
-    assert (hsm.workers, hsm.max_workers, hsm.min_chunk) == (12, 64, "auto")
+    assert (hsm.workers, hsm.max_workers, hsm.chunk_digests) == (12, 64, 64)
     assert (hsm.copy_keys_to_session, hsm.key_id_bytes, hsm.worker_count) == (False, 0, 12)
     assert problems(tmp_path, with_setting("hsm", 'workers = "many"')) == [
         "[hsm.workers] must be an integer or \"auto\", got 'many'"
@@ -486,8 +486,8 @@ def test_workers_chunks_copies_and_key_ids_take_numbers_or_auto(tmp_path: Path) 
     assert problems(tmp_path, with_setting("hsm", "key_id_bytes = 65")) == [
         "[hsm.key_id_bytes] must be <= 64, got 65"
     ]
-    assert problems(tmp_path, with_setting("hsm", "min_chunk = 0")) == [
-        "[hsm.min_chunk] must be >= 1, got 0"
+    assert problems(tmp_path, with_setting("hsm", "chunk_digests = 0")) == [
+        "[hsm.chunk_digests] must be >= 1, got 0"
     ]
 
 

@@ -28,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class SoftService:
-    """The lead's SigningService, played by a software key."""
+    """The daemon's SigningService, played by a software key."""
 
     def __init__(self, not_after: dt.datetime) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())

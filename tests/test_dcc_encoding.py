@@ -7,7 +7,7 @@ import pytest
 from signer.dcc.base45 import b45decode, b45encode
 from signer.dcc.errors import DccEncodingError
 from signer.dcc.hc1 import decode_hc1, encode_hc1
-from signer.dcc.names import TransliterationError, is_icao_name, transliterate
+from signer.dcc.names import TransliterationError, is_icao_name, transliterate, truncate_given_names
 from signer.dcc.uvci import (
     UvciError,
     check_character,
@@ -98,10 +98,12 @@ def test_transliteration_refuses(name: str) -> None:
         transliterate(name)
 
 
-def test_transliteration_truncates_to_80() -> None:
+def test_transliteration_is_never_cut_and_truncation_is_a_separate_rule() -> None:
     result = transliterate("Ä" * 50)
-    assert len(result) == 80
-    assert is_icao_name(result)
+    assert result == "AE" * 50
+    truncated = truncate_given_names(result)
+    assert len(truncated) == 80
+    assert is_icao_name(truncated)
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,8 @@ _DELETE = object()
     ("path", "value", "field", "message"),
     [
         ("nam", _DELETE, "nam", "required"),
-        ("nam.fn", _DELETE, "nam.fn", "required"),
+        ("nam", {}, "nam", "needs a surname (fn or fnt), a given name (gn or gnt) or both"),
+        ("nam", {"fn": "   ", "gn": "Đức"}, "nam.fn", "empty"),
         ("nam.fn", "   ", "nam.fn", "empty"),
         ("nam.fn", "Иванов", "nam.fn", "cannot be transliterated"),
         ("nam.gn", "Đức 2", "nam.gn", "cannot be transliterated"),

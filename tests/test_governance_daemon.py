@@ -213,12 +213,13 @@ def test_revoking_under_load_refuses_the_kid_at_once_and_drops_it_from_the_trust
     def load_old_kid() -> None:
         stub = app.signing()
         while not stop.is_set():
+            sent = time.monotonic()  # a request sent after the revocation returned must fail
             try:
                 sign(app, old.kid, digests(2, b"load"))
-                outcomes.append((time.monotonic(), "ok", b""))
+                outcomes.append((sent, "ok", b""))
             except grpc.RpcError as error:
                 kid = dict(error.trailing_metadata() or ()).get("signer-current-kid-bin", b"")
-                outcomes.append((time.monotonic(), error.code().name, bytes(kid)))
+                outcomes.append((sent, error.code().name, bytes(kid)))
         del stub
 
     worker = threading.Thread(target=load_old_kid)

@@ -9,11 +9,11 @@ from pkcs11.constants import DEFAULT
 from pkcs11.exceptions import FunctionNotSupported, PKCS11Error, SessionHandleInvalid
 
 from signer.hsm.functions import error_for
+from signer.hsm.jobs import SignQueue, SignRequest
 from signer.hsm.keygen import REQUIRED_PROTECTION, exactly, protection_problems
 from signer.hsm.mechanisms import private_key_template, public_key_template
-from signer.hsm.pooled import chunk_bounds
 from signer.hsm.probe_report import Report, render
-from signer.hsm.sizing import DEFAULT_MIN_CHUNK, SMALLEST_CHUNK, SignTiming, chunk_for, plan_pool
+from signer.hsm.sizing import SMALLEST_CHUNK, SignTiming, job_digests, plan_pool
 
 LOCAL = SignTiming(wall=50e-6, cpu=50e-6, samples=40)
 """A module on this host: every microsecond of a signature is this host's CPU."""
@@ -21,41 +21,58 @@ REMOTE = SignTiming(wall=2.2e-3, cpu=0.1e-3, samples=40)
 """A network HSM: 22 times as long as the CPU it costs here."""
 
 
+def jobs_for_one_batch(count: int, chunk: int) -> int:
+    """How many worker jobs :class:`SignQueue` cuts one batch of ``count`` digests into."""
+    queue = SignQueue(chunk)
+    queue.put(SignRequest("k", bytes(32 * count), lambda signatures, error: None))
+    jobs = 0
+    while queue.take() is not None:
+        jobs += 1
+    return jobs
+
+
 def test_a_local_module_gets_one_worker_per_core_and_full_chunks() -> None:
-    plan = plan_pool(LOCAL, cores=2, workers="auto", max_workers=32, min_chunk="auto")
-    assert (plan.workers, plan.wanted, plan.min_chunk, plan.warning) == (2, 2, 128, None)
+    plan = plan_pool(LOCAL, cores=2, workers="auto", max_workers=32, chunk_digests=128)
+    assert (plan.workers, plan.wanted, plan.chunk, plan.warning) == (2, 2, 128, None)
 
 
 def test_a_network_hsm_gets_workers_for_its_waiting_within_the_bound() -> None:
-    plan = plan_pool(REMOTE, cores=2, workers="auto", max_workers=32, min_chunk="auto")
-    assert (plan.workers, plan.wanted) == (32, 44)
+    plan = plan_pool(REMOTE, cores=2, workers="auto", max_workers=32, chunk_digests=128)
+    assert (plan.workers, plan.wanted, plan.chunk) == (32, 44, 8)
     assert plan.warning is not None and "max_workers = 32 bounds the pool" in plan.warning
-    roomy = plan_pool(REMOTE, cores=2, workers="auto", max_workers=64, min_chunk="auto")
+    roomy = plan_pool(REMOTE, cores=2, workers="auto", max_workers=64, chunk_digests=128)
     assert (roomy.workers, roomy.warning) == (44, None)
-    # A batch of 1000 reaches every one of the workers.
-    assert len(chunk_bounds(1000, roomy.workers, roomy.min_chunk)) == roomy.workers
+    # A batch of 1000 reaches every one of the workers (with chunk_digests alone: 8 jobs).
+    assert jobs_for_one_batch(1000, roomy.chunk) >= roomy.workers
+    assert jobs_for_one_batch(1000, 128) == 8
 
 
 def test_a_fixed_pool_too_small_for_the_latency_is_warned_about() -> None:
-    plan = plan_pool(REMOTE, cores=2, workers=2, max_workers=32, min_chunk=128)
-    assert (plan.workers, plan.min_chunk) == (2, 128)
+    plan = plan_pool(REMOTE, cores=2, workers=2, max_workers=32, chunk_digests=128)
+    assert (plan.workers, plan.chunk) == (2, 128)
     assert plan.warning is not None
     assert "2 workers keep about 5% of the 2 cores busy" in plan.warning
     assert 'set [hsm] workers = "auto" (it would start 32) or workers = 44' in plan.warning
-    assert plan_pool(LOCAL, cores=2, workers=2, max_workers=32, min_chunk="auto").warning is None
+    local = plan_pool(LOCAL, cores=2, workers=2, max_workers=32, chunk_digests=128)
+    assert local.warning is None
 
 
 def test_without_a_measurement_the_pool_is_sized_as_configured() -> None:
-    assert plan_pool(None, cores=4, workers="auto", max_workers=32, min_chunk="auto").workers == 4
-    assert plan_pool(None, cores=4, workers=0, max_workers=32, min_chunk="auto").workers == 4
-    assert plan_pool(None, cores=4, workers=3, max_workers=32, min_chunk=16).min_chunk == 16
+    plan = plan_pool(None, cores=4, workers="auto", max_workers=32, chunk_digests=128)
+    assert (plan.workers, plan.chunk) == (4, 128)
+    assert plan_pool(None, cores=4, workers=0, max_workers=32, chunk_digests=128).workers == 4
+    assert plan_pool(None, cores=4, workers=3, max_workers=32, chunk_digests=16).chunk == 16
 
 
-def test_chunks_shrink_with_waiting_but_not_below_the_floor() -> None:
-    assert chunk_for(None) == chunk_for(LOCAL) == DEFAULT_MIN_CHUNK
-    assert chunk_for(REMOTE) == 8
-    assert chunk_for(SignTiming(wall=4 * 50e-6, cpu=50e-6, samples=40)) == 32
-    assert chunk_for(SignTiming(wall=1.0, cpu=1e-6, samples=5)) == SMALLEST_CHUNK
+def test_jobs_shrink_with_workers_per_core_within_chunk_digests_and_the_floor() -> None:
+    assert job_digests(128, cores=2, workers=2) == 128
+    assert job_digests(128, cores=2, workers=4) == 64
+    assert job_digests(128, cores=2, workers=32) == 8
+    assert job_digests(128, cores=2, workers=256) == SMALLEST_CHUNK
+    # Fewer workers than cores never makes a job larger than configured.
+    assert job_digests(128, cores=8, workers=2) == 128
+    # A configured size below the floor is kept.
+    assert job_digests(4, cores=2, workers=32) == 4
 
 
 def test_templates_name_only_what_signer_needs() -> None:

@@ -113,8 +113,14 @@ def test_records_on_the_token_follow_the_store_contract(token: PooledToken) -> N
     check_conditional_writes(TokenRecordStore(token), RecordKind.CHANGE)
 
 
-def test_racing_writers_on_the_token_never_both_win(settings: Settings) -> None:
-    """Two worker processes (two sessions, like two daemons) write one record at once."""
+def test_racing_writers_on_the_token_keep_one_consistent_record(settings: Settings) -> None:
+    """Two worker processes (two sessions, like two daemons) write one record at once.
+
+    PKCS#11 has no compare-and-swap and SoftHSM shows other processes' new objects late, so
+    both may succeed (the token store's docstring says so and points several daemons to the
+    directory or PostgreSQL store); what must hold is that nothing fails but by StoreConflict
+    and that the record ends as exactly one writer's value, never a mix or a loss.
+    """
     with pooled_token(settings.hsm, count=2) as token:
         store = TokenRecordStore(token)
         for round_ in range(10):
@@ -123,12 +129,12 @@ def test_racing_writers_on_the_token_never_both_win(settings: Settings) -> None:
             with ThreadPoolExecutor(2) as threads:
                 results = list(threads.map(partial(_try_put, store, name), range(2)))
             winners = [i for i, won in enumerate(results) if won]
-            assert len(winners) <= 1
             final = store.load_all(RecordKind.CHANGE)[name]
-            if winners:
-                assert (final.generation, final.value) == (2, f"w{winners[0]}".encode())
-            else:
+            if not winners:
                 assert (final.generation, final.value) == (1, b"start")
+            else:
+                assert final.generation == 2
+                assert final.value in {f"w{i}".encode() for i in winners}
 
 
 def _try_put(store: TokenRecordStore, name: str, index: int) -> bool:

@@ -262,9 +262,10 @@ def test_workers_auto_follows_the_measured_round_trip(
         timing = pool.calibration.timing
         # Every call of a signature crossed the relay, which holds each for 2 ms.
         assert timing.wall >= 2 * relay.delay
-        expected = plan_pool(timing, os.cpu_count() or 1, "auto", 6, "auto")
+        expected = plan_pool(timing, os.cpu_count() or 1, "auto", 6, hsm.chunk_digests)
         assert pool.plan == expected
         assert pool.size == expected.workers == pool.workers_up
+        assert pool.chunk == expected.chunk
         token = PooledToken(pool)
         key_id = token.key_id_by_label(hsm.audit_key_label)
         batch = [os.urandom(32) for _ in range(200)]
@@ -293,7 +294,7 @@ def test_a_fixed_pool_too_small_for_the_latency_is_named_in_the_log(
                 os.cpu_count() or 1,
                 1,
                 hsm.max_workers,
-                "auto",
+                hsm.chunk_digests,
             ).wanted
         )
     finally:

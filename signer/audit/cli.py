@@ -1,8 +1,9 @@
 """``signer audit ...`` subcommands: verify, find, tail.
 
-Exit codes (:class:`signer.cli_exit.ExitCode`): ``verify`` OK only for an intact log, REFUSED
-for a fault; ``find`` OK when the digest was found, REFUSED when not; any command USAGE when it
-could not run (bad digest, unreadable key, directory or segment).
+Exit codes (:class:`signer.cli_exit.ExitCode`): ``verify`` OK only for an intact log without
+findings, REFUSED for a fault, FINDING when the chain is intact but carries a finding (a
+``log_repaired`` record that cut bytes); ``find`` OK when the digest was found, REFUSED when
+not; any command USAGE when it could not run (bad digest, unreadable key, directory or segment).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from typing import Any
 
 from signer.audit.query import DigestMatch, find_by_digest, tail
 from signer.audit.record import AuditRecord
+from signer.audit.sighash import split_hashes
 from signer.audit.verify import VerifyReport, verify_log
 from signer.cli_args import count, sha256_hex, utc_iso
 from signer.cli_exit import ExitCode, UsageError
@@ -69,7 +71,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         key = args.pubkey.read_bytes()
         report = verify_log(args.dir, key, extra_checkpoints=args.checkpoint, origin=args.origin)
     print(json.dumps(_report_json(report)) if args.json else report.message)
-    return ExitCode.OK if report.ok else ExitCode.REFUSED
+    if not report.ok:
+        return ExitCode.REFUSED
+    return ExitCode.FINDING if report.findings else ExitCode.OK
 
 
 def _run_find(args: argparse.Namespace) -> int:
@@ -105,6 +109,12 @@ def record_json(record: AuditRecord) -> dict[str, Any]:
         "signatures": (
             [s.hex() for s in record.signatures] if record.signatures is not None else None
         ),
+        "sig_hashes": (
+            [h.hex() for h in split_hashes(record.sig_hashes)]
+            if record.sig_hashes is not None
+            else None
+        ),
+        "version": record.version,
         "details": _jsonable(record.details),
         "prev": record.prev.hex(),
     }
@@ -120,6 +130,10 @@ def _report_json(report: VerifyReport) -> dict[str, Any]:
         "position": report.position,
         "message": report.message,
         "head": report.head.hex(),
+        "findings": [
+            {"kind": f.kind.value, "seq": f.seq, "position": f.position, "message": f.message}
+            for f in report.findings
+        ],
     }
 
 

@@ -1,7 +1,8 @@
 """The file-system calls the log writer makes, behind one small seam.
 
-Production uses :class:`OsFileOps`. Tests pass a subclass that counts ``fsync`` calls or fails
-writes with ``ENOSPC``/``EIO``/``EFBIG`` to prove that the writer fails closed and recovers.
+Production uses :class:`OsFileOps`. Tests pass a subclass that counts ``fsync`` calls, fails
+writes with ``ENOSPC``/``EIO``/``EFBIG``, or models a disk whose stable contents differ from the
+page cache, to prove that the writer fails closed, recovers, and never trusts a lost write.
 """
 
 import os
@@ -19,9 +20,39 @@ class OsFileOps:
         """Create ``path`` for writing, replacing any stale copy (used for temp files)."""
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
+    def open_rewrite(self, path: Path) -> int:
+        """Open an existing ``path`` for writing at chosen offsets (no append, no create)."""
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
     def write(self, fd: int, data: bytes) -> int:
         """Write some of ``data``; return how many bytes were written."""
         return os.write(fd, data)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        """Write some of ``data`` at ``offset``; return how many bytes were written."""
+        return os.pwrite(fd, data, offset)
+
+    def read_stable(self, path: Path, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` from the storage device, not from the page cache.
+
+        The range must have been fsynced: clean cached pages are dropped first
+        (``POSIX_FADV_DONTNEED``), so the read has to fetch them from the device again. A short
+        result means the file is shorter than expected.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+            chunks = []
+            while length > 0:
+                chunk = os.pread(fd, length, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+                length -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def fsync(self, fd: int) -> None:
         """Flush a file's data and metadata to stable storage."""
@@ -55,6 +86,15 @@ class OsFileOps:
             if written <= 0:
                 raise OSError(f"write returned {written}")
             view = view[written:]
+
+    def pwrite_all(self, fd: int, data: bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset``, looping over short writes."""
+        view = memoryview(data)
+        while view:
+            written = self.pwrite(fd, bytes(view), offset)
+            if written <= 0:
+                raise OSError(f"pwrite returned {written}")
+            view, offset = view[written:], offset + written
 
     def write_file_atomically(self, path: Path, data: bytes) -> None:
         """Write ``path`` so that readers see the old or the new content, never a mix."""

@@ -2,8 +2,9 @@
 
 Both are plain sequential scans of the segment files (no index): a 64 MiB segment holds
 about two million digests and scans in well under a second, which is fine for an auditor's
-question. They read what is on disk and stop quietly at a torn tail; they do not check the
-hash chain (use :func:`signer.audit.verify.verify_log` for that).
+question. Segments are read frame by frame, so memory holds one record at a time. They read
+what is on disk and stop quietly at a torn tail; they do not check the hash chain (use
+:func:`signer.audit.verify.verify_log` for that).
 """
 
 from collections import deque
@@ -11,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from signer.audit.framing import scan_frames
-from signer.audit.record import DIGEST_BYTES, AuditRecord, RecordDecodeError, decode_record
+from signer.audit.framing import FrameReader, with_last
+from signer.audit.record import AuditRecord, RecordDecodeError, decode_record
 from signer.audit.segments import LATEST_CHECKPOINT, Segment, list_segments
 from signer.errors import AuditError
+from signer.sigformat import SHA256_DIGEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -39,28 +41,30 @@ def iter_records(directory: Path | str) -> Iterator[AuditRecord]:
 
 
 def _segment_records(segment: Segment, *, is_last: bool) -> Iterator[AuditRecord]:
-    scan = scan_frames(segment.path.read_bytes())
-    if scan.problem is not None and not is_last:
-        raise AuditError(
-            f"audit segment {segment.path.name} is damaged at offset {scan.stop_offset}; "
-            "run `signer audit verify`"
-        )
-    for frame in scan.frames:
-        try:
-            yield decode_record(frame.payload)
-        except RecordDecodeError as exc:
-            if is_last and frame is scan.frames[-1]:
-                return
+    with segment.path.open("rb") as stream:
+        reader = FrameReader(stream)
+        for frame, last_frame in with_last(reader):
+            try:
+                record = decode_record(frame.payload)
+            except RecordDecodeError as exc:
+                if is_last and last_frame:
+                    return
+                raise AuditError(
+                    f"audit record in {segment.path.name} at offset {frame.offset} does not "
+                    f"decode ({exc}); run `signer audit verify`"
+                ) from exc
+            yield record
+        if reader.problem is not None and not is_last:
             raise AuditError(
-                f"audit record in {segment.path.name} at offset {frame.offset} does not "
-                f"decode ({exc}); run `signer audit verify`"
-            ) from exc
+                f"audit segment {segment.path.name} is damaged at offset {reader.stop_offset}; "
+                "run `signer audit verify`"
+            )
 
 
 def find_by_digest(directory: Path | str, digest: bytes) -> list[DigestMatch]:
     """All records whose digest list contains ``digest`` (a 32-byte SHA-256), oldest first."""
-    if len(digest) != DIGEST_BYTES:
-        raise ValueError(f"digest must be {DIGEST_BYTES} bytes, got {len(digest)}")
+    if len(digest) != SHA256_DIGEST_BYTES:
+        raise ValueError(f"digest must be {SHA256_DIGEST_BYTES} bytes, got {len(digest)}")
     matches = []
     for record in iter_records(directory):
         for index, candidate in enumerate(record.digests):

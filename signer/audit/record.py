@@ -1,12 +1,20 @@
 """The audit record: its fields, its CBOR encoding and its hash.
 
-A record is a canonical CBOR map with these text keys (``v`` is the format version, 1)::
+A record is a canonical CBOR map with these text keys (``v`` is the format version)::
 
     v, seq, time_ns, event, identity, profile, kid, request_id, digests, signatures?,
-    details, prev
+    sig_hashes?, details, prev
 
-``signatures`` is omitted when no signatures are recorded. The record hash is SHA-256 over the
-exact stored CBOR bytes; ``prev`` of record ``n`` is the hash of record ``n - 1`` and
+Format versions, all readable:
+
+* **1**: ``signatures`` (whole signatures, one per digest) is present only when the daemon
+  was configured to keep them; a batch recorded without them cannot be revoked by signature.
+* **2** (written now): adds ``sig_hashes``, one byte string holding the 16-byte SIGNATURE
+  revocation hash of each signature in digest order (:mod:`signer.audit.sighash`), present
+  in every record that was given signatures. ``signatures`` stays optional.
+
+The record hash is SHA-256 over the exact stored CBOR bytes, so records of both versions chain
+and verify alike; ``prev`` of record ``n`` is the hash of record ``n - 1`` and
 :data:`GENESIS_PREV` (32 zero bytes) for record 1. Sequence numbers start at 1, so a log of
 ``n`` records ends with ``seq == n`` and a checkpoint's size is the sequence number of its head.
 """
@@ -20,10 +28,12 @@ from typing import Any, TypeVar
 import cbor2
 
 from signer.audit.events import EventType
+from signer.audit.sighash import SIGNATURE_HASH_BYTES, signature_hash, split_hashes
+from signer.sigformat import SHA256_DIGEST_BYTES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 HASH_BYTES = 32
-DIGEST_BYTES = 32
 GENESIS_PREV = bytes(HASH_BYTES)
 FIRST_SEQ = 1
 
@@ -44,7 +54,7 @@ _REQUIRED_KEYS = frozenset(
         "prev",
     }
 )
-_ALL_KEYS = _REQUIRED_KEYS | {"signatures"}
+_OPTIONAL_KEYS = {1: frozenset({"signatures"}), 2: frozenset({"signatures", "sig_hashes"})}
 
 
 class RecordDecodeError(ValueError):
@@ -66,11 +76,32 @@ class AuditRecord:
     signatures: tuple[bytes, ...] | None
     details: Mapping[str, Any] = field(default_factory=dict)
     prev: bytes = GENESIS_PREV
+    sig_hashes: bytes | None = None
+    """SIGNATURE revocation hashes, 16 bytes per digest, concatenated (None before format 2 or
+    when the record carries no signatures)."""
+    version: int = FORMAT_VERSION
+    """Format version the record was stored with; new records are always written as
+    :data:`FORMAT_VERSION`."""
+
+    def __post_init__(self) -> None:
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"audit record format version {self.version!r} is not supported")
+        if self.version < 2 and self.sig_hashes is not None:
+            raise ValueError("format 1 records carry no sig_hashes")
+
+    def revocation_hashes(self) -> list[bytes] | None:
+        """One SIGNATURE hash per digest, from ``sig_hashes`` or else computed from whole
+        ``signatures`` (format 1); None when the record holds neither."""
+        if self.sig_hashes is not None:
+            return split_hashes(self.sig_hashes)
+        if self.signatures is not None:
+            return [signature_hash(signature) for signature in self.signatures]
+        return None
 
     def encode(self) -> bytes:
         """Return the canonical CBOR bytes that are stored and hashed."""
         body: dict[str, Any] = {
-            "v": FORMAT_VERSION,
+            "v": self.version,
             "seq": self.seq,
             "time_ns": self.time_ns,
             "event": self.event.value,
@@ -84,6 +115,8 @@ class AuditRecord:
         }
         if self.signatures is not None:
             body["signatures"] = list(self.signatures)
+        if self.sig_hashes is not None:
+            body["sig_hashes"] = self.sig_hashes
         return bytes(cbor2.dumps(body, canonical=True))
 
 
@@ -92,12 +125,13 @@ def record_hash(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
-def check_digests(digests: Sequence[bytes]) -> None:
-    """Refuse anything but 32-byte SHA-256 digests, naming the first bad index."""
+def check_record_digests(digests: Sequence[bytes]) -> None:
+    """The log's own invariant: a record names only 32-byte SHA-256 digests (the signing path
+    refuses other requests long before; this guards the record format itself)."""
     for index, digest in enumerate(digests):
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+        if not isinstance(digest, bytes) or len(digest) != SHA256_DIGEST_BYTES:
             raise ValueError(
-                f"digest {index} must be {DIGEST_BYTES} bytes (a SHA-256 hash), "
+                f"digest {index} must be {SHA256_DIGEST_BYTES} bytes (a SHA-256 hash), "
                 f"got {len(digest) if isinstance(digest, bytes) else type(digest).__name__}"
             )
 
@@ -113,15 +147,19 @@ def decode_record(payload: bytes) -> AuditRecord:
         raise RecordDecodeError("record has bytes after its CBOR value")
     if not isinstance(body, dict):
         raise RecordDecodeError("record is not a CBOR map")
+    version = body.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RecordDecodeError(f"record format version {version!r} is not supported")
+    if version not in READABLE_VERSIONS:
+        raise RecordDecodeError(f"record format version {version!r} is not supported")
     keys = set(body)
-    if not keys >= _REQUIRED_KEYS or not keys <= _ALL_KEYS:
+    if not keys >= _REQUIRED_KEYS or not keys <= _REQUIRED_KEYS | _OPTIONAL_KEYS[version]:
         raise RecordDecodeError(f"record has unexpected fields: {sorted(map(str, keys))}")
-    if body["v"] != FORMAT_VERSION:
-        raise RecordDecodeError(f"record format version {body['v']!r} is not supported")
     try:
         event = EventType(body["event"])
     except ValueError as exc:
         raise RecordDecodeError(f"unknown event type {body['event']!r}") from exc
+    digests = _byte_list(body["digests"], "digests", SHA256_DIGEST_BYTES)
     return AuditRecord(
         seq=_int(body, "seq"),
         time_ns=_int(body, "time_ns"),
@@ -130,12 +168,14 @@ def decode_record(payload: bytes) -> AuditRecord:
         profile=_optional(body, "profile", str),
         kid=_optional(body, "kid", bytes),
         request_id=_optional(body, "request_id", str),
-        digests=_byte_list(body["digests"], "digests", DIGEST_BYTES),
+        digests=digests,
         signatures=(
             _byte_list(body["signatures"], "signatures", None) if "signatures" in body else None
         ),
         details=_details(body["details"]),
         prev=_hash(body["prev"]),
+        sig_hashes=_sig_hashes(body["sig_hashes"], len(digests)) if "sig_hashes" in body else None,
+        version=version,
     )
 
 
@@ -159,6 +199,15 @@ def _byte_list(value: object, key: str, size: int | None) -> tuple[bytes, ...]:
     if size is not None and any(len(item) != size for item in value):
         raise RecordDecodeError(f"record field {key!r} must hold {size}-byte values")
     return tuple(value)
+
+
+def _sig_hashes(value: object, count: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) != count * SIGNATURE_HASH_BYTES:
+        raise RecordDecodeError(
+            f"record field 'sig_hashes' must be {SIGNATURE_HASH_BYTES} bytes per digest"
+            f" ({count * SIGNATURE_HASH_BYTES} bytes)"
+        )
+    return value
 
 
 def _details(value: object) -> dict[str, Any]:

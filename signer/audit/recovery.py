@@ -7,7 +7,8 @@ unsynced write leaves behind; it is cut. Anything else is refused, because it lo
 tampering and must reach the auditor intact:
 
 * a record that decodes but does not continue the chain (wrong seq or prev hash);
-* an intact record somewhere after the bad bytes (the damage is in the middle, not the tail);
+* an intact record somewhere after the bad bytes (the damage is in the middle, not the tail;
+  the message names segment, offset and the sequence number of the damaged record);
 * a cut that would remove records covered by ``checkpoint.latest``.
 """
 
@@ -29,8 +30,9 @@ from signer.audit.record import (
 from signer.audit.segments import LATEST_CHECKPOINT, Segment, list_segments, segment_name
 from signer.errors import AuditError
 
-# A frame start: length below 16 MiB, then a CBOR map of 11 or 12 entries (our records).
-_FRAME_START_RE = re.compile(rb"\x00[\x00-\xff]{3}[\xab\xac]", re.DOTALL)
+# A frame start: length below 16 MiB, then a CBOR map of 11 to 13 entries (our records: the
+# required fields, plus signatures and, from format 2, sig_hashes).
+_FRAME_START_RE = re.compile(rb"\x00[\x00-\xff]{3}[\xab-\xad]", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ def scan_tail(directory: Path, public_key: ec.EllipticCurvePublicKey, origin: st
         if previous.cut_bytes:
             raise AuditError(
                 f"audit segment {segments[-2].path} has damaged bytes at offset "
-                f"{previous.good_offset} but is not the last segment; this is not a crash "
-                "artefact. Run `signer audit verify` and hand the directory to the auditor."
+                f"{previous.good_offset}, after record {previous.last_seq}, but is not the last "
+                "segment; this is not a crash artefact. Run `signer audit verify` and hand the "
+                "directory to the auditor."
             )
         last_seq, head = previous.last_seq, previous.head
         if last_seq + 1 != last.first_seq:
@@ -170,9 +173,11 @@ def _scan_segment(segment: Segment) -> _SegmentScan:
         data, bad_offset + 1, expected_seq
     ):
         raise AuditError(
-            f"audit segment {segment.path.name} is damaged at offset {bad_offset} ({bad_reason}) "
-            "but intact records follow: this is not a torn write. Opening refuses to cut it; "
-            "run `signer audit verify`."
+            f"audit segment {segment.path.name} is damaged at offset {bad_offset}, where record "
+            f"{expected_seq} starts ({bad_reason}), but intact records follow: this is not a torn "
+            f"write. Record {expected_seq} may have been acknowledged; if the kernel logged I/O "
+            "errors, the disk lost it. Opening refuses to cut it; run `signer audit verify` and "
+            "hand the directory to the auditor."
         )
     return _SegmentScan(
         good_offset,

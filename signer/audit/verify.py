@@ -21,20 +21,27 @@ that does not continue the chain where seq ``e`` was expected:
 
 A rewrite that recomputes the whole chain after a change is only caught by a checkpoint
 (**checkpoint_mismatch**), which is why auditors should keep exported checkpoints elsewhere.
+
+An intact chain can still carry **findings**: records the writer itself left for the auditor.
+A ``log_repaired`` record that says bytes were cut (a torn tail removed on start) is one: after a
+crash it is routine, but it is also what a disk that lost acknowledged records leaves behind,
+so the report names it instead of calling the log plainly intact.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.audit.checkpoint import Checkpoint, load_audit_public_key, open_checkpoint
-from signer.audit.framing import FrameProblem, scan_frames
+from signer.audit.events import EventType
+from signer.audit.framing import FrameProblem, FrameReader, with_last
 from signer.audit.record import (
     FIRST_SEQ,
     GENESIS_PREV,
+    AuditRecord,
     RecordDecodeError,
     decode_record,
     record_hash,
@@ -57,9 +64,28 @@ class FaultKind(StrEnum):
     UNDECODABLE = "undecodable"
 
 
+class FindingKind(StrEnum):
+    """Something an intact log records that an auditor must look at."""
+
+    LOG_REPAIRED = "log_repaired"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding: its kind, the record that reports it, where that record is, and why."""
+
+    kind: FindingKind
+    seq: int
+    position: str
+    message: str
+
+
 @dataclass(frozen=True)
 class VerifyReport:
-    """Outcome of :func:`verify_log`; ``message`` is one line for a person."""
+    """Outcome of :func:`verify_log`; ``message`` is one line for a person.
+
+    ``ok`` means no fault (the chain and checkpoints hold); ``findings`` may still be non-empty.
+    """
 
     ok: bool
     records_checked: int
@@ -69,6 +95,7 @@ class VerifyReport:
     first_bad_seq: int | None = None
     position: str | None = None
     head: bytes = GENESIS_PREV
+    findings: tuple[Finding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,7 @@ class _Chain:
     count: int = 0
     head: bytes = GENESIS_PREV
     fault: _Fault | None = None
+    findings: list[Finding] = field(default_factory=list)
 
 
 def verify_log(
@@ -144,11 +172,37 @@ def verify_log(
             return _report(chain.count, len(checkpoints), fault)
     if chain.fault:
         return _report(chain.count, len(checkpoints), chain.fault)
-    message = (
-        f"audit log intact: {chain.count} records, {len(checkpoints)} checkpoints verified, "
-        f"head {chain.head.hex()}"
+    summary = (
+        f"{chain.count} records, {len(checkpoints)} checkpoints verified, head {chain.head.hex()}"
     )
-    return VerifyReport(True, chain.count, len(checkpoints), message, head=chain.head)
+    if chain.findings:
+        found = "; ".join(f"{f.kind.value} at {f.position}: {f.message}" for f in chain.findings)
+        message = f"audit log chain intact ({summary}) but with findings: {found}"
+    else:
+        message = f"audit log intact: {summary}"
+    return VerifyReport(
+        True,
+        chain.count,
+        len(checkpoints),
+        message,
+        head=chain.head,
+        findings=tuple(chain.findings),
+    )
+
+
+def _repair_finding(record: AuditRecord, position: str) -> Finding | None:
+    """A finding for a ``log_repaired`` record that says bytes were cut, else None."""
+    cut = record.details.get("bytes_cut")
+    if record.event is not EventType.LOG_REPAIRED or not isinstance(cut, int) or cut <= 0:
+        return None
+    where = f"{record.details.get('segment', '?')} offset {record.details.get('offset', '?')}"
+    message = (
+        f"on start the writer cut {cut} bytes ({record.details.get('reason') or 'no reason'}) "
+        f"at {where}, after record {record.seq - 1}: a crash during a write leaves such a tail, "
+        "but so does a disk that lost records already acknowledged; compare with the "
+        "checkpoints and signatures kept outside the appliance"
+    )
+    return Finding(FindingKind.LOG_REPAIRED, record.seq, position, message)
 
 
 def _report(records: int, checkpoints: int, fault: _Fault) -> VerifyReport:
@@ -158,45 +212,52 @@ def _report(records: int, checkpoints: int, fault: _Fault) -> VerifyReport:
 
 
 def _walk(directory: Path, wanted: set[int], hashes: dict[int, bytes]) -> _Chain:
+    """Walk every segment frame by frame (one record in memory at a time). ``seqs`` collects
+    sequence numbers only from the first record that breaks the chain on, to tell a
+    reordering from a gap."""
     chain = _Chain()
     segments = list_segments(directory)
     seqs: list[int] = []
     broken: tuple[int, int, int, str] | None = None
     for index, segment in enumerate(segments):
         is_last = index == len(segments) - 1
-        data = segment.path.read_bytes()
-        scan = scan_frames(data)
-        for number, frame in enumerate(scan.frames):
-            position = f"{segment.path.name} offset {frame.offset}"
-            try:
-                record = decode_record(frame.payload)
-            except RecordDecodeError as exc:
-                at_end = is_last and number == len(scan.frames) - 1 and scan.problem is None
-                kind = FaultKind.TORN_TAIL if at_end else FaultKind.UNDECODABLE
-                if broken is None:
-                    chain.fault = _Fault(kind, chain.count + 1, position, str(exc))
-                    return chain
-                return _finish(chain, broken, seqs)
-            seqs.append(record.seq)
-            if broken is not None:
-                continue
-            expected = chain.count + 1
-            if record.seq == expected and record.prev == chain.head:
-                chain.count, chain.head = expected, record_hash(frame.payload)
-                if chain.count in wanted:
-                    hashes[chain.count] = chain.head
-                continue
-            broken = (len(seqs) - 1, expected, record.seq, position)
-            if record.prev == chain.head or record.seq == expected:
-                return _finish(chain, broken, seqs, modified_prev=record.prev != chain.head)
-        if scan.problem is not None and broken is None:
-            position = f"{segment.path.name} offset {scan.stop_offset}"
-            if is_last and scan.problem is not FrameProblem.TOO_LARGE:
-                message = f"{scan.problem.value}; the writer cuts this on its next start"
+        with segment.path.open("rb") as stream:
+            reader = FrameReader(stream)
+            for frame, last_frame in with_last(reader):
+                position = f"{segment.path.name} offset {frame.offset}"
+                try:
+                    record = decode_record(frame.payload)
+                except RecordDecodeError as exc:
+                    at_end = is_last and last_frame and reader.problem is None
+                    kind = FaultKind.TORN_TAIL if at_end else FaultKind.UNDECODABLE
+                    if broken is None:
+                        chain.fault = _Fault(kind, chain.count + 1, position, str(exc))
+                        return chain
+                    return _finish(chain, broken, seqs)
+                if broken is not None:
+                    seqs.append(record.seq)
+                    continue
+                expected = chain.count + 1
+                if record.seq == expected and record.prev == chain.head:
+                    chain.count, chain.head = expected, record_hash(frame.payload)
+                    finding = _repair_finding(record, f"seq {record.seq} ({position})")
+                    if finding is not None:
+                        chain.findings.append(finding)
+                    if chain.count in wanted:
+                        hashes[chain.count] = chain.head
+                    continue
+                seqs.append(record.seq)
+                broken = (0, expected, record.seq, position)
+                if record.prev == chain.head or record.seq == expected:
+                    return _finish(chain, broken, seqs, modified_prev=record.prev != chain.head)
+        if reader.problem is not None and broken is None:
+            position = f"{segment.path.name} offset {reader.stop_offset}"
+            if is_last and reader.problem is not FrameProblem.TOO_LARGE:
+                message = f"{reader.problem.value}; the writer cuts this on its next start"
                 chain.fault = _Fault(FaultKind.TORN_TAIL, chain.count + 1, position, message)
             else:
                 chain.fault = _Fault(
-                    FaultKind.UNDECODABLE, chain.count + 1, position, scan.problem.value
+                    FaultKind.UNDECODABLE, chain.count + 1, position, reader.problem.value
                 )
             return chain
     if broken is not None:

@@ -1,9 +1,16 @@
 """``SignerClient``: what an issuance backend uses to get digests signed by the appliance.
 
 It connects over mutual TLS (or plaintext to a loopback daemon), caches the signing key per
-profile, splits large digest lists into ``max_batch`` chunks sent concurrently, keeps the
-order, retries UNAVAILABLE (and quota refusals that name a wait) with exponential backoff and
-jitter, and spreads load over several appliances with gRPC's own ``round_robin`` policy.
+profile, splits large digest lists into ``max_batch`` chunks (the smaller of its own and the
+appliance's, which ``GetSigningKey`` tells) sent concurrently, keeps the order, retries
+UNAVAILABLE (and quota refusals that name a wait) with exponential backoff and jitter, and
+spreads load over several appliances with gRPC's own ``round_robin`` policy. Digests and raw
+signatures travel packed (one ``bytes`` field each way) when the appliance announces
+``max_batch``, which every appliance that understands the packed form does.
+
+Backends that sign one certificate per request call :meth:`SignerClient.sign_one` from many
+threads: concurrent calls for the same profile and kid are sent together in one request
+(:class:`Coalescer`), each caller getting its own signature or the error of that request.
 
 Retrying a SignBatch is safe: the appliance signs digests, not documents, so a repeated
 request only produces a second valid signature (and a second audit record with the same
@@ -13,6 +20,7 @@ running on the appliance.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -41,6 +49,8 @@ from signer.client.errors import (
 from signer.v1 import signing_pb2, signing_pb2_grpc
 
 DEFAULT_MAX_BATCH = 10_000
+DIGEST_BYTES = 32
+RAW_SIGNATURE_BYTES = 64
 _T = TypeVar("_T")
 StrPath: TypeAlias = str | os.PathLike[str]
 _MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -57,6 +67,8 @@ class SigningKeyInfo:
     not_after: datetime
     usable_until: datetime | None
     key_id: str
+    max_batch: int = 0
+    """The appliance's largest batch (0: an appliance too old to say, or to take packed digests)."""
 
 
 @dataclass(frozen=True, init=False)
@@ -135,6 +147,92 @@ def open_channel(
     return grpc.secure_channel(target, credentials, options=options)
 
 
+class _Waiter:
+    """One ``sign_one`` caller waiting in a :class:`Coalescer`."""
+
+    __slots__ = ("digest", "done", "error", "signature", "taken")
+
+    def __init__(self, digest: bytes) -> None:
+        self.digest = digest
+        self.signature = b""
+        self.error: BaseException | None = None
+        self.taken = False
+        self.done = False
+
+
+class Coalescer:
+    """Sends concurrent single-digest calls together, each caller getting its own answer.
+
+    A caller that finds fewer than ``max_in_flight`` requests on the way sends at once, taking
+    along every caller waiting (up to ``max_batch``); after ``linger`` seconds if that is set,
+    so that more callers can join. Callers arriving while all requests are on the way wait for
+    the next free one and go together. Nobody waits longer than one request plus ``linger``.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[bytes]], list[bytes]],
+        max_batch: int,
+        max_in_flight: int,
+        linger: float = 0.0,
+    ) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._linger = linger
+        self._cond = threading.Condition()
+        self._waiting: list[_Waiter] = []
+        self._in_flight = 0
+
+    def sign(self, digest: bytes) -> bytes:
+        """The signature of one digest, sent alone or with other callers' digests."""
+        me = _Waiter(digest)
+        with self._cond:
+            self._waiting.append(me)
+            while not me.taken:
+                if self._in_flight < self._max_in_flight:
+                    self._in_flight += 1
+                    if self._linger > 0 and len(self._waiting) < self._max_batch:
+                        self._cond.wait(self._linger)
+                    batch = self._take(me)
+                    break
+                self._cond.wait()
+            else:
+                while not me.done:
+                    self._cond.wait()
+                if me.error is not None:
+                    raise me.error
+                return me.signature
+        self._deliver(batch)
+        if me.error is not None:
+            raise me.error
+        return me.signature
+
+    def _take(self, me: _Waiter) -> list[_Waiter]:
+        """``me`` and the oldest other waiters, at most ``max_batch`` in all (lock held)."""
+        others = [w for w in self._waiting if w is not me][: self._max_batch - 1]
+        batch = [me, *others]
+        chosen = set(map(id, batch))
+        self._waiting = [w for w in self._waiting if id(w) not in chosen]
+        for waiter in batch:
+            waiter.taken = True
+        return batch
+
+    def _deliver(self, batch: list[_Waiter]) -> None:
+        try:
+            signatures = self._send([w.digest for w in batch])
+            for waiter, signature in zip(batch, signatures, strict=True):
+                waiter.signature = signature
+        except BaseException as error:
+            for waiter in batch:
+                waiter.error = error
+        with self._cond:
+            self._in_flight -= 1
+            for waiter in batch:
+                waiter.done = True
+            self._cond.notify_all()
+
+
 class SignerClient:
     """A connection to one or more appliances."""
 
@@ -150,11 +248,15 @@ class SignerClient:
         server_name: str | None = None,
         backoff: float = 0.1,
         max_backoff: float = 2.0,
+        coalesce_in_flight: int = 4,
+        coalesce_linger: float = 0.0,
     ) -> None:
         if max_batch < 1 or concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError(
                 "max_batch and concurrency must be >= 1, retries >= 0, timeout > 0, backoff >= 0"
             )
+        if coalesce_in_flight < 1 or not 0 <= coalesce_linger <= 1:
+            raise ValueError("coalesce_in_flight must be >= 1 and coalesce_linger 0 to 1 s")
         addresses = [targets] if isinstance(targets, str) else list(targets)
         self._channel = open_channel(addresses, tls, server_name)
         self._stub = signing_pb2_grpc.SigningStub(self._channel)
@@ -166,6 +268,10 @@ class SignerClient:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="signer-client")
         self._keys: dict[str, SigningKeyInfo] = {}
         self._lock = threading.Lock()
+        self._coalesce_in_flight = coalesce_in_flight
+        self._coalesce_linger = coalesce_linger
+        self._coalescers: dict[tuple[str, bytes], Coalescer] = {}
+        self._server_max_batch: int | None = None
 
     def __enter__(self) -> SignerClient:
         return self
@@ -201,9 +307,11 @@ class SignerClient:
                 else None
             ),
             key_id=response.key_id,
+            max_batch=response.max_batch,
         )
         with self._lock:
             self._keys[profile] = info
+            self._server_max_batch = response.max_batch
         return info
 
     def forget_key(self, profile: str) -> None:
@@ -239,17 +347,19 @@ class SignerClient:
             return []
         if kid is None:
             kid = self.signing_key(profile).kid
+        elif self._server_max_batch is None:
+            self._discover(profile)
         base_id = request_id or uuid.uuid4().hex
-        fmt = signing_pb2.SIGNATURE_FORMAT_DER if der else signing_pb2.SIGNATURE_FORMAT_RAW
-        chunks = [
-            list(digests[i : i + self._max_batch]) for i in range(0, len(digests), self._max_batch)
-        ]
+        packed = bool(self._server_max_batch)
+        size = min(self._max_batch, self._server_max_batch or self._max_batch)
+        chunks = [list(digests[i : i + size]) for i in range(0, len(digests), size)]
         requests = [
-            signing_pb2.SignBatchRequest(
-                profile=profile,
-                kid=kid,
-                digests=chunk,
-                format=fmt,
+            self._request(
+                profile,
+                kid,
+                chunk,
+                der=der,
+                packed=packed,
                 request_id=base_id if len(chunks) == 1 else f"{base_id}/{n}",
             )
             for n, chunk in enumerate(chunks)
@@ -264,15 +374,63 @@ class SignerClient:
             raise
         return [signature for answer in answers for signature in answer]
 
+    def sign_one(self, profile: str, digest: bytes, *, kid: bytes | None = None) -> bytes:
+        """Sign one digest (raw ``r||s``); made for backends that sign one certificate per
+        request from many threads: concurrent calls for the same profile and kid go out
+        together in one request (at most ``coalesce_in_flight`` requests at once, waiting at
+        most ``coalesce_linger`` seconds for company when one could go). Raises what
+        :meth:`sign_digests` raises; a refusal reaches every caller of that request."""
+        if kid is None:
+            kid = self.signing_key(profile).kid
+        with self._lock:
+            coalescer = self._coalescers.get((profile, kid))
+            if coalescer is None:
+                coalescer = Coalescer(
+                    lambda batch: self.sign_digests(profile, batch, kid=kid),
+                    min(self._max_batch, self._server_max_batch or self._max_batch),
+                    self._coalesce_in_flight,
+                    self._coalesce_linger,
+                )
+                self._coalescers[(profile, kid)] = coalescer
+        return coalescer.sign(digest)
+
+    def _discover(self, profile: str) -> None:
+        """Learn the appliance's max_batch (and so whether it takes packed digests)."""
+        with contextlib.suppress(RequestRefused):
+            self.signing_key(profile)
+
+    @staticmethod
+    def _request(
+        profile: str, kid: bytes, digests: list[bytes], *, der: bool, packed: bool, request_id: str
+    ) -> signing_pb2.SignBatchRequest:
+        fmt = signing_pb2.SIGNATURE_FORMAT_DER if der else signing_pb2.SIGNATURE_FORMAT_RAW
+        request = signing_pb2.SignBatchRequest(
+            profile=profile, kid=kid, format=fmt, request_id=request_id
+        )
+        # A digest of the wrong length goes in the repeated form, so that the appliance's
+        # refusal names its index.
+        if packed and all(len(d) == DIGEST_BYTES for d in digests):
+            request.packed_digests = b"".join(digests)
+        else:
+            request.digests.extend(digests)
+        return request
+
     def _sign_batch(self, request: signing_pb2.SignBatchRequest) -> list[bytes]:
         response = self._call(lambda: self._stub.SignBatch(request, timeout=self._timeout))
-        if len(response.signatures) != len(request.digests):
+        asked = len(request.digests) or len(request.packed_digests) // DIGEST_BYTES
+        if response.packed_signatures:
+            packed = response.packed_signatures
+            step = RAW_SIGNATURE_BYTES
+            signatures = [packed[i : i + step] for i in range(0, len(packed), step)]
+        else:
+            signatures = list(response.signatures)
+        if len(signatures) != asked:
             raise RequestRefused(
-                f"the appliance returned {len(response.signatures)} signatures for"
-                f" {len(request.digests)} digests (request {request.request_id})",
+                f"the appliance returned {len(signatures)} signatures for"
+                f" {asked} digests (request {request.request_id})",
                 grpc.StatusCode.INTERNAL,
             )
-        return list(response.signatures)
+        return signatures
 
     def dcc_signer(self) -> DccSigner:
         """This client as the signer :mod:`signer.dcc` issuance expects (rotation-aware)."""

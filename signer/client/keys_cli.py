@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,13 @@ from signer.client.client import open_channel
 from signer.client.connect import add_connection_options, connection, make_channel, make_client
 from signer.client.errors import from_rpc_error
 from signer.client.officer import OfficerCredential, OfficerSession
-from signer.dcc.trust import revoked_entry, trust_list_entry, write_trust_list
+from signer.dcc.trust import (
+    gateway_trust_list,
+    revoked_entry,
+    trust_list_entry,
+    write_json,
+    write_trust_list,
+)
 from signer.keys.governance import Action
 from signer.keys.pem import csr_pem
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
@@ -75,6 +81,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     command("changes", "list changes waiting for approval", _changes)
     p = command("trust-list", "write the trust list (JSON) verifiers need", _trust_list)
     p.add_argument("--out", type=Path, required=True, help="where to write the trust list")
+    p.add_argument(
+        "--gateway-out",
+        type=Path,
+        help="also write the DSCs in the DCC Gateway's trust-list shape to this file",
+    )
 
 
 def _stub(args: argparse.Namespace) -> key_admin_pb2_grpc.KeyAdminStub:
@@ -282,8 +293,14 @@ def _trust_list(args: argparse.Namespace) -> int:
         for r in listed.revoked
     ]
     write_trust_list(entries, args.out, revoked)
-    return _emit(
-        args,
-        {"entries": len(entries), "revoked": len(revoked), "out": str(args.out)},
-        f"wrote {len(entries)} certificate(s) and {len(revoked)} revoked kid(s) to {args.out}",
-    )
+    summary: dict[str, Any] = {
+        "entries": len(entries),
+        "revoked": len(revoked),
+        "out": str(args.out),
+    }
+    text = f"wrote {len(entries)} certificate(s) and {len(revoked)} revoked kid(s) to {args.out}"
+    if args.gateway_out is not None:
+        write_json(gateway_trust_list(entries, datetime.now(UTC)), args.gateway_out)
+        summary["gateway_out"] = str(args.gateway_out)
+        text += f"; DCC Gateway shape in {args.gateway_out}"
+    return _emit(args, summary, text)

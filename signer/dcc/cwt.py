@@ -17,6 +17,10 @@ CLAIM_IAT = 6
 CLAIM_HCERT = -260
 HCERT_EU_DCC = 1
 DEFAULT_VALIDITY = dt.timedelta(days=365)
+"""QR lifetime of a vaccination certificate (``exp - iat``) unless the caller says otherwise."""
+TEST_VALIDITY = dt.timedelta(hours=72)
+"""QR lifetime of a test certificate: the longest time after sampling that EU travel rules
+accepted a test result (72 hours for a NAA test). Recovery certificates expire with ``du``."""
 
 
 @dataclass(frozen=True)
@@ -49,16 +53,21 @@ def to_unix(value: dt.datetime | int | float) -> int:
 
 
 def compute_expiry(
-    iat: int, dsc_not_after: int, validity: dt.timedelta = DEFAULT_VALIDITY
+    iat: int,
+    dsc_not_after: int,
+    validity: dt.timedelta = DEFAULT_VALIDITY,
+    *,
+    until: int | None = None,
 ) -> Expiry:
-    """Return ``iat + validity``, clipped to ``dsc_not_after`` (a certificate must not outlive
-    its DSC). Raises :class:`DccError` when the DSC has already expired at ``iat``."""
+    """Return ``iat + validity`` (or ``until`` when given), clipped to ``dsc_not_after`` (a
+    certificate must not outlive its DSC). Raises :class:`DccError` when the DSC has already
+    expired at ``iat``."""
     if dsc_not_after <= iat:
         raise DccError(
             f"the DSC expired at {dsc_not_after}, not after the issuance time {iat}; "
             "rotate to a key with a valid DSC"
         )
-    wanted = iat + int(validity.total_seconds())
+    wanted = iat + int(validity.total_seconds()) if until is None else until
     if wanted > dsc_not_after:
         return Expiry(exp=dsc_not_after, clipped=True)
     return Expiry(exp=wanted, clipped=False)

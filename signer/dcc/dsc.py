@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from cryptography.x509.oid import NameOID
 
 from signer.dcc.errors import DccTrustError
+from signer.keys.profiles import profile_of_eku
 
 KID_BYTES = 8
 VerifyingKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -41,6 +42,13 @@ class DscInfo:
     not_after: dt.datetime | None
     country: str | None
     strictly_parsed: bool
+    profiles: frozenset[str] | None = None
+    """The certificate types (profiles) the DSC's DCC extended key usages allow; ``None`` when
+    it has no DCC EKU, which allows every type."""
+
+    def allows(self, profile: str) -> bool:
+        """Whether the DSC may sign certificates of ``profile`` (its DCC EKUs, if any)."""
+        return self.profiles is None or profile in self.profiles
 
 
 def kid_of(dsc_der: bytes) -> bytes:
@@ -76,7 +84,17 @@ def parse_dsc(data: bytes) -> DscInfo:
         not_after=cert.not_valid_after_utc,
         country=str(countries[0].value) if countries else None,
         strictly_parsed=True,
+        profiles=_dcc_profiles(cert),
     )
+
+
+def _dcc_profiles(cert: x509.Certificate) -> frozenset[str] | None:
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    found = {profile_of_eku(usage.dotted_string) for usage in usages}
+    return frozenset(p for p in found if p is not None) or None
 
 
 def public_key_from_spki(spki_der: bytes) -> VerifyingKey:
@@ -94,7 +112,8 @@ def public_key_from_spki(spki_der: bytes) -> VerifyingKey:
 
 def _parse_leniently(der: bytes) -> DscInfo:
     try:
-        tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
+        certificate = asn1_x509.Certificate.load(der)
+        tbs = certificate["tbs_certificate"]
         spki_der = tbs["subject_public_key_info"].dump()
     except (ValueError, TypeError, KeyError) as exc:
         raise DccTrustError(f"not an X.509 certificate: {exc}") from None
@@ -106,7 +125,15 @@ def _parse_leniently(der: bytes) -> DscInfo:
         not_after=_lenient(lambda: tbs["validity"]["not_after"].native),
         country=_lenient(lambda: tbs["subject"].native.get("country_name")),
         strictly_parsed=False,
+        profiles=_lenient(lambda: _profiles_of(certificate.extended_key_usage_value)),
     )
+
+
+def _profiles_of(usages: Any) -> frozenset[str] | None:
+    if usages is None:
+        return None
+    found = {profile_of_eku(str(oid.dotted)) for oid in usages}
+    return frozenset(p for p in found if p is not None) or None
 
 
 def _lenient(read: Any) -> Any:

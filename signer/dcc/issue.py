@@ -8,6 +8,13 @@ The signing daemon only ever sees SHA-256 digests, so a client does::
 
 or lets :func:`issue` drive any :class:`DigestSigner` in chunks.
 
+Kinds and profiles: a record's entry group decides the profile whose key signs it (``v`` ->
+vaccination, ``t`` -> test, ``r`` -> recovery, :data:`signer.dcc.record.KINDS`); a profile
+given by the caller must match, and a DSC whose DCC extended key usages exclude the profile is
+refused before anything is signed. ``exp`` is ``iat`` plus the validity of the kind (365 days
+for a vaccination, :data:`~signer.dcc.cwt.TEST_VALIDITY` for a test, unless the caller gives
+one) or, for a recovery, the end of its ``du`` day; never after the DSC's notAfter.
+
 Key rotation: the kid is inside the protected header, so it is part of what gets hashed. When
 the signer refuses a kid because another key has taken over (an exception carrying
 ``current_kid``, such as :class:`signer.client.KidChanged`), :class:`ChunkSigner` asks the
@@ -20,7 +27,7 @@ refusal is recognised by its ``current_kid`` attribute.
 import datetime as dt
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,16 +38,38 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from signer.dcc.cose import assemble_sign1, protected_header, sig_structure, sig_structure_digest
 from signer.dcc.countries import is_country_code
-from signer.dcc.cwt import DEFAULT_VALIDITY, compute_expiry, encode_claims, to_unix
+from signer.dcc.cwt import (
+    DEFAULT_VALIDITY,
+    TEST_VALIDITY,
+    compute_expiry,
+    encode_claims,
+    to_unix,
+)
 from signer.dcc.dsc import parse_dsc
 from signer.dcc.errors import DccError, DccRecordError
 from signer.dcc.hc1 import encode_hc1
 from signer.dcc.qr import check_qr_payload
-from signer.dcc.record import build_hcert
+from signer.dcc.record import KINDS, build_hcert, kind_of, recovery_valid_until
+from signer.dcc.value_sets import ValueSets
 
 DEFAULT_PROFILE = "vaccination"
 DEFAULT_CHUNK_SIZE = 1000
 MAX_ROTATIONS_PER_CHUNK = 3
+_DEFAULT_VALIDITY = {"v": DEFAULT_VALIDITY, "t": TEST_VALIDITY}
+
+
+def profile_for(record: Mapping[str, Any], profile: str | None = None) -> str:
+    """The signing profile of ``record``'s kind; refuses a ``profile`` that does not match it
+    (:class:`DccRecordError` naming the entry group)."""
+    kind = kind_of(record)
+    wanted = KINDS[kind]
+    if profile is not None and profile != wanted:
+        raise DccRecordError(
+            kind,
+            f"a {wanted} entry cannot be signed for profile {profile!r}: the {profile} key's"
+            f" DSC is for {profile} certificates; issue it with profile {wanted!r}",
+        )
+    return wanted
 
 
 class DigestSigner(Protocol):
@@ -80,11 +109,19 @@ class IssuingKey:
     country: str | None
 
     @classmethod
-    def from_dsc(cls, kid: bytes, dsc_der: bytes) -> "IssuingKey":
-        """Check that ``kid`` is the kid of ``dsc_der`` and read the DSC's limits."""
+    def from_dsc(cls, kid: bytes, dsc_der: bytes, profile: str | None = None) -> "IssuingKey":
+        """Check that ``kid`` is the kid of ``dsc_der`` (and, with ``profile``, that the DSC's
+        extended key usages allow that certificate type) and read the DSC's limits."""
         dsc = parse_dsc(dsc_der)
         if dsc.kid != kid:
             raise DccError(f"signer reports kid {kid.hex()} but its DSC hashes to {dsc.kid.hex()}")
+        if profile is not None and not dsc.allows(profile):
+            allowed = ", ".join(sorted(dsc.profiles or ()))
+            raise DccError(
+                f"the DSC of kid {kid.hex()} is restricted to {allowed} certificates by its"
+                f" extended key usage; it must not sign {profile} certificates (the signer's"
+                f" {profile} key has the wrong DSC)"
+            )
         if dsc.not_after is None:
             raise DccError("the DSC's notAfter cannot be read; refusing to issue")
         key = dsc.public_key
@@ -111,6 +148,20 @@ class PreparedCertificate:
     kid: bytes
     issuer: str
     validity_seconds: int
+    kind: str = "v"
+    """Entry group: ``v``, ``t`` or ``r``."""
+    notes: tuple[str, ...] = ()
+    """Things the operator should know that did not stop issuance (a truncated name)."""
+
+    @property
+    def profile(self) -> str:
+        """The signing profile of this certificate's kind."""
+        return KINDS[self.kind]
+
+    @property
+    def country(self) -> str:
+        """The entry's ``co``: where the vaccination, test or recovery took place."""
+        return str(self.hcert[self.kind][0]["co"])
 
 
 def prepare_one(
@@ -120,25 +171,46 @@ def prepare_one(
     iat: dt.datetime | int,
     dsc_not_after: dt.datetime | int,
     *,
-    validity: dt.timedelta = DEFAULT_VALIDITY,
+    validity: dt.timedelta | None = None,
     allow_dose_beyond_series: bool = False,
+    profile: str | None = None,
+    value_sets: ValueSets | None = None,
 ) -> PreparedCertificate:
     """Validate one record and build its protected header, CWT payload and digest.
 
-    ``exp`` is ``iat + validity`` but never after ``dsc_not_after``; ``exp_clipped`` says when
-    it was cut. Raises :class:`signer.dcc.errors.DccRecordError` for an invalid record.
+    ``exp`` is ``iat + validity`` (default: by kind, see the module docstring), for a recovery
+    the end of its ``du`` day, but never after ``dsc_not_after``; ``exp_clipped`` says when it
+    was cut. ``profile``, when given, must be the profile of the record's kind. Raises
+    :class:`signer.dcc.errors.DccRecordError` for an invalid record.
     """
     if not is_country_code(issuer_country):
         raise DccError(f"issuer country {issuer_country!r} is not an ISO 3166-1 alpha-2 code")
+    profile_for(record, profile)
     iat_s = to_unix(iat)
-    expiry = compute_expiry(iat_s, to_unix(dsc_not_after), validity)
+    notes: list[str] = []
     hcert = build_hcert(
         record,
         issuer_country=issuer_country,
-        issued_on=dt.datetime.fromtimestamp(iat_s, dt.UTC).date(),
+        issued_at=dt.datetime.fromtimestamp(iat_s, dt.UTC),
         allow_dose_beyond_series=allow_dose_beyond_series,
+        value_sets=value_sets,
+        notes=notes,
     )
-    return _assemble(hcert, kid, issuer_country, iat_s, expiry.exp, expiry.clipped, validity)
+    kind = kind_of(hcert)
+    until = recovery_valid_until(hcert)
+    if until is not None:
+        if until <= iat_s:
+            raise DccRecordError(
+                "r[0].du",
+                f"{hcert['r'][0]['du']} has passed: the certificate would be expired when issued",
+            )
+        validity = dt.timedelta(seconds=until - iat_s)
+    elif validity is None:
+        validity = _DEFAULT_VALIDITY[kind]
+    expiry = compute_expiry(iat_s, to_unix(dsc_not_after), validity)
+    return _assemble(
+        hcert, kid, issuer_country, iat_s, expiry.exp, expiry.clipped, validity, tuple(notes)
+    )
 
 
 def reprepare(
@@ -151,7 +223,9 @@ def reprepare(
     """
     validity = dt.timedelta(seconds=cert.validity_seconds)
     expiry = compute_expiry(cert.iat, to_unix(dsc_not_after), validity)
-    return _assemble(cert.hcert, kid, cert.issuer, cert.iat, expiry.exp, expiry.clipped, validity)
+    return _assemble(
+        cert.hcert, kid, cert.issuer, cert.iat, expiry.exp, expiry.clipped, validity, cert.notes
+    )
 
 
 def _assemble(
@@ -162,21 +236,25 @@ def _assemble(
     exp: int,
     clipped: bool,
     validity: dt.timedelta,
+    notes: tuple[str, ...] = (),
 ) -> PreparedCertificate:
     protected = protected_header(kid)
     payload = encode_claims(hcert, issuer=issuer, iat=iat, exp=exp)
+    kind = kind_of(hcert)
     return PreparedCertificate(
         protected=protected,
         payload=payload,
         digest=sig_structure_digest(protected, payload),
         hcert=hcert,
-        uvci=str(hcert["v"][0]["ci"]),
+        uvci=str(hcert[kind][0]["ci"]),
         iat=iat,
         exp=exp,
         exp_clipped=clipped,
         kid=kid,
         issuer=issuer,
         validity_seconds=int(validity.total_seconds()),
+        kind=kind,
+        notes=notes,
     )
 
 
@@ -187,25 +265,37 @@ def prepare(
     iat: dt.datetime | int,
     dsc_not_after: dt.datetime | int,
     *,
-    validity: dt.timedelta = DEFAULT_VALIDITY,
+    validity: dt.timedelta | None = None,
     allow_dose_beyond_series: bool = False,
+    profile: str | None = None,
+    value_sets: ValueSets | None = None,
 ) -> list[PreparedCertificate]:
     """Run :func:`prepare_one` on every record; a record error names its index
     (``records[3].v[0].dn: ...``)."""
+    return _prepare_all(
+        records,
+        lambda record: prepare_one(
+            record,
+            kid,
+            issuer_country,
+            iat,
+            dsc_not_after,
+            validity=validity,
+            allow_dose_beyond_series=allow_dose_beyond_series,
+            profile=profile,
+            value_sets=value_sets,
+        ),
+    )
+
+
+def _prepare_all(
+    records: Sequence[Mapping[str, Any]],
+    prepare_record: Callable[[Mapping[str, Any]], PreparedCertificate],
+) -> list[PreparedCertificate]:
     prepared = []
     for index, record in enumerate(records):
         try:
-            prepared.append(
-                prepare_one(
-                    record,
-                    kid,
-                    issuer_country,
-                    iat,
-                    dsc_not_after,
-                    validity=validity,
-                    allow_dose_beyond_series=allow_dose_beyond_series,
-                )
-            )
+            prepared.append(prepare_record(record))
         except DccRecordError as exc:
             raise DccRecordError(f"records[{index}].{exc.field}", exc.problem) from exc
     return prepared
@@ -326,14 +416,16 @@ def issue(
     dsc_not_after: dt.datetime | int,
     profile: str = DEFAULT_PROFILE,
     iat: dt.datetime | int | None = None,
-    validity: dt.timedelta = DEFAULT_VALIDITY,
+    validity: dt.timedelta | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     verify_with: ec.EllipticCurvePublicKey | None = None,
     allow_dose_beyond_series: bool = False,
+    value_sets: ValueSets | None = None,
 ) -> list[str]:
     """Prepare, sign (in chunks of ``chunk_size`` digests) and finish; return ``HC1:`` strings.
 
-    ``iat`` defaults to now. All records are validated before the first digest is signed.
+    ``kid`` signs ``profile``, so every record must be of that profile's kind. ``iat``
+    defaults to now. All records are validated before the first digest is signed.
     When the signer refuses ``kid`` because of a rotation and is a :class:`KeySource`, the
     remaining certificates are rebuilt for the new key (see :class:`ChunkSigner`); after a
     rotation signatures are checked against the new DSC when ``verify_with`` was given.
@@ -349,6 +441,8 @@ def issue(
         dsc_not_after,
         validity=validity,
         allow_dose_beyond_series=allow_dose_beyond_series,
+        profile=profile,
+        value_sets=value_sets,
     )
     key = IssuingKey(
         kid=kid,
@@ -371,40 +465,84 @@ def issue_records(
     records: Sequence[Mapping[str, Any]],
     signer: RotatingSigner,
     *,
-    profile: str = DEFAULT_PROFILE,
+    profile: str | None = None,
     issuer_country: str | None = None,
     iat: dt.datetime | int | None = None,
-    validity: dt.timedelta = DEFAULT_VALIDITY,
+    validity: dt.timedelta | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     allow_dose_beyond_series: bool = False,
+    value_sets: ValueSets | None = None,
 ) -> list[str]:
-    """Issue certificates with whatever key signs ``profile`` now; return ``HC1:`` strings.
+    """Issue certificates with whatever keys sign their profiles now; return ``HC1:`` strings.
 
-    The kid, DSC notAfter and (by default) issuing country come from the signer; every record
-    is validated before anything is signed; every signature is checked against the DSC; a
-    rotation during the batch is followed (:class:`ChunkSigner`).
+    Each record is signed by the key of its kind's profile (``profile``, when given, must
+    match every record). Kids, DSC notAfter and (by default) the issuing country come from the
+    signer; every record is validated before anything is signed; every signature is checked
+    against the DSC; a rotation during the batch is followed (:class:`ChunkSigner`).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    key = IssuingKey.from_dsc(*signer.signing_key(profile))
-    country = issuer_country or key.country
-    if not country:
-        raise DccError("the DSC has no subject country; pass issuer_country")
+    wanted = _prepare_all_profiles(records, profile)
+    keys: dict[str, IssuingKey] = {}
+    for name in dict.fromkeys(wanted):
+        keys[name] = IssuingKey.from_dsc(*signer.signing_key(name), profile=name)
+        if not (issuer_country or keys[name].country):
+            raise DccError(f"the {name} DSC has no subject country; pass issuer_country")
     issued_at = math.floor(time.time()) if iat is None else iat
-    prepared = prepare(
+    prepared = _prepare_all(
         records,
+        lambda record: _prepare_for(
+            record, keys, issuer_country, issued_at, validity, allow_dose_beyond_series, value_sets
+        ),
+    )
+    signers = {
+        name: ChunkSigner(signer, key, profile=name, verify=True) for name, key in keys.items()
+    }
+    out: list[str] = [""] * len(prepared)
+    for start in range(0, len(prepared), chunk_size):
+        for name, chunks in signers.items():
+            indices = [
+                i
+                for i in range(start, min(start + chunk_size, len(prepared)))
+                if prepared[i].profile == name
+            ]
+            if indices:
+                hc1s = chunks.sign([prepared[i] for i in indices])[1]
+                for i, hc1 in zip(indices, hc1s, strict=True):
+                    out[i] = hc1
+    return out
+
+
+def _prepare_all_profiles(records: Sequence[Mapping[str, Any]], profile: str | None) -> list[str]:
+    profiles = []
+    for index, record in enumerate(records):
+        try:
+            profiles.append(profile_for(record, profile))
+        except DccRecordError as exc:
+            raise DccRecordError(f"records[{index}].{exc.field}", exc.problem) from exc
+    return profiles
+
+
+def _prepare_for(
+    record: Mapping[str, Any],
+    keys: Mapping[str, IssuingKey],
+    issuer_country: str | None,
+    iat: dt.datetime | int,
+    validity: dt.timedelta | None,
+    allow_dose_beyond_series: bool,
+    value_sets: ValueSets | None,
+) -> PreparedCertificate:
+    key = keys[profile_for(record)]
+    return prepare_one(
+        record,
         key.kid,
-        country,
-        issued_at,
+        issuer_country or str(key.country),
+        iat,
         key.not_after,
         validity=validity,
         allow_dose_beyond_series=allow_dose_beyond_series,
+        value_sets=value_sets,
     )
-    chunks = ChunkSigner(signer, key, profile=profile, verify=True)
-    out: list[str] = []
-    for start in range(0, len(prepared), chunk_size):
-        out += chunks.sign(prepared[start : start + chunk_size])[1]
-    return out
 
 
 def _check(

@@ -1,6 +1,8 @@
 """ICAO Doc 9303 (Part 3, section 6) transliteration of names for the HCERT ``fnt``/``gnt`` fields.
 
-The result matches ``^[A-Z<]*$``, is at most 80 characters and is never empty.
+The result matches ``^[A-Z<]*$`` and is never empty. It may be longer than the 80 characters
+a DCC field holds: :mod:`signer.dcc.record` then applies :func:`truncate_given_names` to given
+names and refuses a surname, so that nothing is ever cut silently.
 
 Choices, where ICAO 9303 offers options:
 
@@ -16,7 +18,13 @@ Choices, where ICAO 9303 offers options:
   (``O'Brien`` -> ``OBRIEN``).
 * Anything else, in particular non-Latin scripts (Cyrillic, Greek, Han, ...), is refused:
   ICAO's tables for those scripts are not implemented, so the caller must supply ``fnt``/``gnt``.
-* A result longer than 80 characters is truncated, as ICAO truncates names in the MRZ.
+
+Truncation (:func:`truncate_given_names`), after ICAO 9303 Part 3 (names too long for their
+field: the secondary identifier, the given names, is truncated first, characters are removed
+from the end of name components, and a truncated field never ends in a filler): the given-name
+components are shortened from the last one backwards, each down to its initial, until the
+field fits; if it still does not, the first given name is cut at the end.
+``ANNA<MARIA<...<ZOE`` keeps ``ANNA`` whole as long as any later name can give way.
 """
 
 import functools
@@ -73,7 +81,21 @@ def transliterate(name: str) -> str:
     result = _FILLER_RUN.sub("<", "".join(out)).strip("<")
     if not result:
         raise TransliterationError(f"name {name!r} has no letters to transliterate")
-    return result[:MAX_LENGTH].rstrip("<")
+    return result
+
+
+def truncate_given_names(value: str, limit: int = MAX_LENGTH) -> str:
+    """``value`` (ICAO form, components joined by ``<``) shortened to ``limit`` characters by
+    the rule of the module docstring; unchanged when it fits."""
+    if len(value) <= limit:
+        return value
+    parts = value.split("<")
+    for index in range(len(parts) - 1, 0, -1):
+        excess = len("<".join(parts)) - limit
+        if excess <= 0:
+            break
+        parts[index] = parts[index][: max(1, len(parts[index]) - excess)]
+    return "<".join(parts)[:limit].rstrip("<")
 
 
 def is_icao_name(value: str) -> bool:

@@ -28,7 +28,11 @@ A certificate whose kid is listed under ``revoked`` never verifies, whatever els
 holds; an exported list never has a revoked key among its entries.
 
 Reading is lenient: a bare JSON list of entries is accepted, and so is the EU gateway /
-national backend shape ``{"certificates": [{"kid": <b64>, "rawData": <b64 DER>}, ...]}``.
+national backend shape ``{"certificates": [{"kid": <b64>, "rawData": <b64 DER>}, ...]}`` and
+the DCC Gateway trust list :func:`gateway_trust_list` writes (a list of ``{"kid", "timestamp",
+"country", "certificateType": "DSC", "thumbprint", "rawData"}``). A trust list signed for
+direct partners (CMS, :mod:`signer.dcc.signed_trust`) is read only with the publisher's pinned
+upload certificate, and a partner who pins one gets only a list that verifies with it.
 An entry needs a DSC (``dsc_b64``, ``dsc_pem`` or ``rawData``); its kid is taken from
 ``kid_b64``, ``kid_hex`` or ``kid`` (base64) when given (they must agree), otherwise computed
 from the DSC. Entries that cannot be used are skipped and listed in :attr:`TrustStore.skipped`.
@@ -39,6 +43,7 @@ destroyed keys still do, since the certificates they signed stay valid.
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
 import os
 import tempfile
@@ -47,9 +52,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from signer.dcc.dsc import DscInfo, VerifyingKey, parse_dsc
+from signer.dcc.dsc import DscInfo, VerifyingKey, kid_of, parse_dsc
 from signer.dcc.errors import DccError, DccTrustError
 from signer.dcc.limits import MAX_TRUST_FILE_BYTES
+from signer.dcc.signed_trust import SignedContent, is_signed, open_signed_trust_list
 
 FORMAT_NAME = "signer-trust-list"
 FORMAT_VERSION = 1
@@ -80,6 +86,8 @@ class TrustStore:
         self._keys: list[TrustedKey] = list(keys)
         self.revoked_kids: frozenset[bytes] = frozenset(revoked_kids)
         self.skipped: list[str] = []
+        self.signed: SignedContent | None = None
+        """Set when the store came from a signed trust list that verified."""
 
     @classmethod
     def from_dsc(cls, data: bytes) -> "TrustStore":
@@ -99,12 +107,43 @@ class TrustStore:
         return store
 
     @classmethod
-    def load(cls, path: Path) -> "TrustStore":
-        """Load a DSC file (PEM/DER) or a trust-list JSON file, recognised by its content.
+    def load(cls, path: Path, signer_certificate: bytes | None = None) -> "TrustStore":
+        """Load a DSC file (PEM/DER), a trust-list JSON file or a signed trust list, recognised
+        by its content. A signed list needs ``signer_certificate`` (the publisher's pinned
+        upload certificate) and must verify with it; with ``signer_certificate`` an unsigned
+        file is refused.
 
         Files over :data:`~signer.dcc.limits.MAX_TRUST_FILE_BYTES` are refused unparsed.
         """
         data = _read_capped(path)
+        signed = is_signed(data)
+        if signed and signer_certificate is None:
+            raise DccTrustError(
+                f"{path} is a signed trust list: give the publisher's upload certificate"
+                " (--trust-list-signer) to check it"
+            )
+        if signer_certificate is not None:
+            if not signed:
+                raise DccTrustError(
+                    f"{path} is not a signed trust list, but a signer certificate was given to"
+                    " check it; ask the publisher for the signed list"
+                )
+            try:
+                opened = open_signed_trust_list(data, signer_certificate)
+            except DccTrustError as exc:
+                raise DccTrustError(f"{path}: {exc}") from None
+            store = cls._from_json(opened.content, path)
+            store.signed = opened
+            return store
+        if data.lstrip()[:1] in (b"{", b"["):
+            return cls._from_json(data, path)
+        try:
+            return cls.from_dsc(data)
+        except DccTrustError as exc:
+            raise DccTrustError(f"{path}: {exc}") from None
+
+    @classmethod
+    def _from_json(cls, data: bytes, path: Path) -> "TrustStore":
         if data.lstrip()[:1] in (b"{", b"["):
             try:
                 document = json.loads(data)
@@ -113,10 +152,7 @@ class TrustStore:
             except ValueError as exc:
                 raise DccTrustError(f"{path}: not valid JSON: {exc}") from None
             return cls.from_trust_list(document)
-        try:
-            return cls.from_dsc(data)
-        except DccTrustError as exc:
-            raise DccTrustError(f"{path}: {exc}") from None
+        raise DccTrustError(f"{path}: the signed content is not a trust-list JSON document")
 
     def add(self, key: TrustedKey) -> None:
         """Trust one more key."""
@@ -179,11 +215,42 @@ def trust_list_document(
     }
 
 
+def gateway_trust_list(
+    entries: Iterable[Mapping[str, Any]], timestamp: dt.datetime
+) -> list[dict[str, Any]]:
+    """The DSCs of project trust-list ``entries`` in the DCC Gateway's trust-list shape.
+
+    One item per DSC: ``kid`` (base64), ``timestamp`` (RFC 3339, the export time), ``country``,
+    ``certificateType`` ``DSC``, ``thumbprint`` (SHA-256 of the DER, hex) and ``rawData`` (DER,
+    base64). The gateway's own ``signature`` (its trust anchor's) is not ours to make.
+    """
+    stamp = _iso(timestamp)
+    out = []
+    for entry in entries:
+        der = _b64(str(entry["dsc_b64"]), "dsc_b64")
+        out.append(
+            {
+                "kid": base64.b64encode(kid_of(der)).decode("ascii"),
+                "timestamp": stamp,
+                "country": entry.get("country"),
+                "certificateType": "DSC",
+                "thumbprint": hashlib.sha256(der).hexdigest(),
+                "rawData": base64.b64encode(der).decode("ascii"),
+            }
+        )
+    return out
+
+
 def write_trust_list(
     entries: Iterable[Mapping[str, Any]], path: Path, revoked: Iterable[Mapping[str, Any]] = ()
 ) -> None:
     """Write a trust-list JSON file atomically (temporary file, then rename)."""
-    text = json.dumps(trust_list_document(entries, revoked), indent=2, ensure_ascii=False) + "\n"
+    write_json(trust_list_document(entries, revoked), path)
+
+
+def write_json(document: object, path: Path) -> None:
+    """Write ``document`` as indented JSON atomically (temporary file, fsync, rename)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -7,7 +7,11 @@ compressed or not, a missing ``HC1:`` prefix, float timestamps (floored), ES256 
 (the DCC's fallback algorithm), and DSCs that need the lenient parser of :mod:`signer.dcc.dsc`.
 A COSE_Sign1 without any kid is checked against every trusted key (with a warning).
 
-Refused: ES256 signatures in DER form. COSE (RFC 9053, section 2.1) requires raw ``r||s``;
+Refused: a certificate of a type its DSC's DCC extended key usages exclude (a test
+certificate signed with a DSC restricted to vaccinations, as EU verifier apps refuse it), a
+certificate whose SIGNATURE, UCI or COUNTRYCODEUCI hash a given revocation list names for its
+kid (or for an unknown kid; see :mod:`signer.dcc.revocation`), and ES256 signatures in DER
+form. COSE (RFC 9053, section 2.1) requires raw ``r||s``;
 a DER signature marks a broken issuer, and accepting it would let two encodings of one
 signature circulate. The error message says what was found.
 """
@@ -33,6 +37,8 @@ from signer.dcc.cose import (
 from signer.dcc.cwt import decode_claims, to_unix
 from signer.dcc.errors import DccError
 from signer.dcc.hc1 import decode_hc1
+from signer.dcc.record import KINDS
+from signer.dcc.revocation import RevocationList, Revoked, certificate_hashes
 from signer.dcc.trust import TrustedKey, TrustStore
 from signer.sigformat import raw_to_der
 
@@ -58,6 +64,8 @@ class VerificationResult:
     payload: dict[Any, Any] | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    revoked: tuple[str, ...] = ()
+    """Hash types under which a revocation list names this certificate (empty: none)."""
 
     @property
     def acceptable(self) -> bool:
@@ -69,15 +77,21 @@ class VerificationResult:
         out = asdict(self)
         out["kid"] = self.kid.hex() if self.kid is not None else None
         out["warnings"] = list(self.warnings)
+        out["revoked"] = list(self.revoked)
         return out
 
 
 def verify(
-    hc1: str, trust: TrustStore, at: dt.datetime | int | float | None = None
+    hc1: str,
+    trust: TrustStore,
+    at: dt.datetime | int | float | None = None,
+    revocations: RevocationList | None = None,
 ) -> VerificationResult:
     """Verify an ``HC1:`` string; ``at`` is the time for the expiry check (default: now).
 
-    Never raises for bad input: problems are reported in the result's ``error``.
+    With ``revocations``, a certificate whose revocation hash is listed gets an ``error``
+    naming the hash type and ``revoked`` set. Never raises for bad input: problems are
+    reported in the result's ``error``.
     """
     now = math.floor(time.time()) if at is None else to_unix(at)
     try:
@@ -98,6 +112,20 @@ def verify(
         error = "CWT has no exp claim"
     if error is None and claims.hcert is None:
         error = "CWT has no HCERT (claim -260/1)"
+    if error is None and signer_key is not None and claims.hcert is not None:
+        error = _type_not_allowed(claims.hcert, signer_key)
+    revoked: list[Revoked] = []
+    if revocations is not None:
+        uci, country = _uci_and_country(claims.hcert)
+        hashes = certificate_hashes(message.alg, message.signature, uci, (country, claims.issuer))
+        revoked = revocations.find(kid, hashes)
+        if revoked:
+            listed = "; ".join(
+                f"its {r.hash_type.value} hash {r.value.hex()} is listed in {r.source}"
+                for r in revoked
+            )
+            reason = f"revoked: {listed}"
+            error = f"{error}; {reason}" if error else reason
     if claims.iat is not None:
         if claims.iat > now + CLOCK_SKEW_SECONDS:
             warnings.append("iat is in the future")
@@ -113,6 +141,29 @@ def verify(
         payload=claims.hcert,
         error=error,
         warnings=tuple(warnings),
+        revoked=tuple(dict.fromkeys(r.hash_type.value for r in revoked)),
+    )
+
+
+def _uci_and_country(hcert: dict[Any, Any] | None) -> tuple[str | None, str | None]:
+    """The ``ci`` and ``co`` of the certificate's entry, where readable."""
+    for kind in KINDS:
+        entries = hcert.get(kind) if isinstance(hcert, dict) else None
+        if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+            ci, co = entries[0].get("ci"), entries[0].get("co")
+            return (ci if isinstance(ci, str) else None, co if isinstance(co, str) else None)
+    return None, None
+
+
+def _type_not_allowed(hcert: dict[Any, Any], key: TrustedKey) -> str | None:
+    refused = [KINDS[kind] for kind in KINDS if kind in hcert and not key.dsc.allows(KINDS[kind])]
+    if not refused:
+        return None
+    profile = " and ".join(refused)
+    allowed = ", ".join(sorted(key.dsc.profiles or ()))
+    return (
+        f"a {profile} certificate signed by a DSC whose extended key usage allows only"
+        f" {allowed} certificates"
     )
 
 

@@ -1,7 +1,8 @@
 """Bootstrap of a development (or test) token: what ``softhsm_setup.sh`` runs.
 
 Idempotent: it creates only what is missing. On a fresh token it makes the audit key, a dev
-CSCA key with a self-signed certificate, and for every configured profile one signing key
+CSCA key with a self-signed certificate, the upload key (NB_UP) with its self-signed
+certificate, and for every configured profile one signing key
 whose DSC the dev CSCA issues, then activates it. Every key event goes to the audit log, as
 in the daemon. Nothing here is for production: the national CSCA is offline and signs CSRs
 taken to it by the security officers.
@@ -35,6 +36,7 @@ from signer.keys.governance import Endorsement, Officers, Role
 from signer.keys.issuance import issue_self_signed_csca
 from signer.keys.lifecycle import KeyState
 from signer.keys.pem import certificate_der, certificate_pem, load_certificate
+from signer.keys.publish import ensure_upload_key
 from signer.keys.registry import make_registry
 from signer.keys.spki import load_p256_spki
 from signer.service.trail import audit_log_public_key, open_audit_log
@@ -66,6 +68,9 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
             ensure_key(token, settings.hsm.audit_key_label)
             csca_key = ensure_key(token, settings.hsm.csca_key_label)
             ensure_csca_certificate(token, settings, csca_key)
+            ensure_upload_key(
+                token, settings.hsm.upload_key_label, settings.keys.country, datetime.now(UTC)
+            )
             if settings.audit.enabled:
                 export_audit_public_key(token, settings)
             signers = dev_officers(settings)

@@ -1,9 +1,10 @@
 """The daemon's :class:`~signer.hsm.api.Token`: the worker processes behind one typed interface.
 
 Every method sends one :class:`~signer.hsm.session.TokenSession` method, bound to its
-arguments, over a worker pipe. Signing cuts a batch into chunks for the least-loaded workers
-and reassembles the signatures in order; chunks are retried once on another worker if theirs
-dies. Transport, restarts and timeouts are :mod:`signer.hsm.pool`'s business.
+arguments, over a worker pipe. Digests travel packed (32 bytes each) and signatures come back
+packed (64 bytes each, raw ``r||s``); the pool cuts large batches into chunks, lets small
+requests share a job and reassembles every caller's signatures in order. Transport, scheduling,
+restarts and timeouts are :mod:`signer.hsm.pool`'s business.
 """
 
 from __future__ import annotations
@@ -15,25 +16,15 @@ from functools import partial
 from signer.config import HsmSettings
 from signer.errors import InvalidRequest
 from signer.hsm.api import GeneratedKey
+from signer.hsm.jobs import Done
 from signer.hsm.pool import WorkerPool
 from signer.hsm.session import TokenSession
-from signer.hsm.sizing import DEFAULT_MIN_CHUNK
 from signer.sigformat import (
     P256_SIGNATURE_BYTES,
     SHA256_DIGEST_BYTES,
     SignatureEncoding,
     raw_to_der,
 )
-
-
-def chunk_bounds(
-    count: int, workers: int, min_chunk: int = DEFAULT_MIN_CHUNK
-) -> list[tuple[int, int]]:
-    """How to cut ``count`` digests into near-equal chunks for ``workers`` workers, none
-    smaller than ``min_chunk`` unless the batch is (pure)."""
-    parts = max(1, min(workers, count // min_chunk))
-    size = -(-count // parts)
-    return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def split_signatures(packed: bytes, encoding: SignatureEncoding) -> list[bytes]:
@@ -44,7 +35,11 @@ def split_signatures(packed: bytes, encoding: SignatureEncoding) -> list[bytes]:
 
 
 class PooledToken:
-    """:class:`~signer.hsm.api.Token` over a :class:`WorkerPool`."""
+    """:class:`~signer.hsm.api.Token` over a :class:`WorkerPool`.
+
+    The :class:`~signer.hsm.api.Token` methods block the calling thread and must not be called
+    on the pool's event loop; the signing path on that loop uses :meth:`sign_soon`.
+    """
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -57,20 +52,14 @@ class PooledToken:
             return []
         if any(len(d) != SHA256_DIGEST_BYTES for d in digests):
             raise InvalidRequest(f"every digest must be {SHA256_DIGEST_BYTES} bytes (SHA-256)")
-        packed = b"".join(digests)
-        step = SHA256_DIGEST_BYTES
-        jobs = [
-            self.pool.submit(
-                partial(
-                    TokenSession.sign_packed,
-                    key_id=key_id,
-                    digests=packed[start * step : end * step],
-                ),
-                weight=end - start,
-            )
-            for start, end in chunk_bounds(len(digests), self.pool.workers_up, self.pool.min_chunk)
-        ]
-        return split_signatures(b"".join(self.pool.wait(job) for job in jobs), encoding)
+        return split_signatures(self.pool.sign_blocking(key_id, b"".join(digests)), encoding)
+
+    def sign_soon(self, key_id: str, digests: bytes, done: Done) -> None:
+        """Sign packed 32-byte digests; ``done`` gets the packed raw signatures or the error.
+
+        Runs on the pool's event loop and returns at once; ``done`` is called on the loop.
+        """
+        self.pool.sign_soon(key_id, digests, done)
 
     def generate_key(self, label: str) -> GeneratedKey:
         """See :meth:`signer.hsm.api.Token.generate_key`."""

@@ -310,7 +310,7 @@ def _check_latency(
         report.add("signing latency", False, str(exc), required=False)
         return
     cores = os.cpu_count() or 1
-    plan = plan_pool(timing, cores, "auto", settings.max_workers, "auto")
+    plan = plan_pool(timing, cores, "auto", settings.max_workers, settings.chunk_digests)
     report.add(
         "signing latency",
         True,
@@ -330,17 +330,15 @@ def _check_concurrency(report: Report, settings: HsmSettings, key: GeneratedKey)
     try:
         pool.start()
         digests = os.urandom(32 * _DIGESTS_PER_WORKER)
-        jobs = [
-            pool.submit(
-                partial(TokenSession.sign_packed, key_id=key.key_id, digests=digests),
-                weight=_DIGESTS_PER_WORKER,
-                retries=0,
-            )
-            for _ in range(_CONCURRENT_WORKERS)
-        ]
-        answers = [pool.wait(job) for job in jobs]
-        works = all(len(answer) == 64 * _DIGESTS_PER_WORKER for answer in answers)
+        answers = pool.broadcast(
+            partial(TokenSession.sign_packed, key_id=key.key_id, digests=digests)
+        )
+        works = len(answers) == _CONCURRENT_WORKERS and all(
+            len(answer) == 64 * _DIGESTS_PER_WORKER for answer in answers
+        )
         detail = f"{_CONCURRENT_WORKERS} worker processes logged in beside this one and signed"
+        if not works:
+            detail = f"only {len(answers)} of {_CONCURRENT_WORKERS} worker processes signed"
     except SignerError as exc:
         works, detail = False, str(exc)
     finally:

@@ -4,6 +4,9 @@ A worker spends each signature partly on this host's CPU (Python, the module's c
 for SoftHSM the whole signature) and partly waiting for the HSM (network, queueing, the HSM's
 own work). Cores are kept busy when ``cores * wall / cpu`` workers are signing at once: one per
 core for a local module, many more for a network HSM a millisecond away.
+
+Jobs shrink as the pool grows beyond one worker per core (:func:`job_digests`), so that one
+batch still reaches every worker and a small request waits no longer behind a job.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-DEFAULT_MIN_CHUNK = 128
-"""Fewest digests per worker job for a module on this host: below it the pipe round trip
-costs more than the signing it carries (measured with SoftHSM, DESIGN.md §3.1)."""
 SMALLEST_CHUNK = 8
+"""Fewest digests a job is cut to for a large pool (unless ``[hsm] chunk_digests`` is smaller):
+even at a network HSM's fastest, 8 signatures take far longer than the pipe round trip."""
 _TOO_SMALL = 1.25
 """The pool counts as too small when it would need this many times the workers it has."""
 
@@ -36,10 +38,11 @@ class SignTiming:
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """Workers and chunk size for the pool, and what an operator should hear about them."""
+    """Workers and job size for the pool, and what an operator should hear about them."""
 
     workers: int
-    min_chunk: int
+    chunk: int
+    """Most digests in one signing job (:func:`job_digests`)."""
     wanted: int
     """Workers that would keep every core busy, before any bound."""
     warning: str | None = None
@@ -50,14 +53,18 @@ def workers_to_keep_busy(timing: SignTiming, cores: int) -> int:
     return max(cores, round(cores * timing.waiting))
 
 
-def chunk_for(timing: SignTiming | None) -> int:
-    """Fewest digests per job: a chunk should take at least as long as
-    :data:`DEFAULT_MIN_CHUNK` signatures of local CPU, so the job overhead stays as small."""
-    if timing is None:
-        return DEFAULT_MIN_CHUNK
-    return max(
-        SMALLEST_CHUNK, min(DEFAULT_MIN_CHUNK, math.ceil(DEFAULT_MIN_CHUNK / timing.waiting))
-    )
+def job_digests(chunk_digests: int, cores: int, workers: int) -> int:
+    """Most digests in one job for a pool of ``workers`` on ``cores``.
+
+    ``[hsm] chunk_digests`` is the job of a worker that has a core to itself. A pool of more
+    workers than cores (``workers = "auto"`` on a network HSM) cuts its jobs in proportion,
+    never below :data:`SMALLEST_CHUNK` nor above ``chunk_digests``. The pool as a whole then
+    holds about as many digests at once as one worker per core would, one batch of 1000
+    reaches every worker, and a job of an "auto" pool takes about as long as ``chunk_digests``
+    signatures of this host's CPU, which bounds how long a single digest waits behind one.
+    """
+    scaled = math.ceil(chunk_digests * cores / max(1, workers))
+    return min(chunk_digests, max(SMALLEST_CHUNK, scaled))
 
 
 def plan_pool(
@@ -65,14 +72,13 @@ def plan_pool(
     cores: int,
     workers: int | Literal["auto"],
     max_workers: int,
-    min_chunk: int | Literal["auto"],
+    chunk_digests: int,
 ) -> PoolPlan:
-    """The pool for the settings ``workers``/``max_workers``/``min_chunk`` and a measurement
-    (None when none could be made: then one worker per core, as before)."""
+    """The pool for the settings ``workers``/``max_workers``/``chunk_digests`` and a
+    measurement (None when none could be made: then one worker per core, as before)."""
     configured = workers if isinstance(workers, int) and workers > 0 else cores
-    chunk = min_chunk if isinstance(min_chunk, int) else chunk_for(timing)
     if timing is None:
-        return PoolPlan(configured, chunk, configured)
+        return PoolPlan(configured, job_digests(chunk_digests, cores, configured), configured)
     wanted = workers_to_keep_busy(timing, cores)
     measured = (
         f"a signature takes {timing.wall * 1e3:.2f} ms of which"
@@ -87,7 +93,7 @@ def plan_pool(
                 f" max_workers = {max_workers} bounds the pool; raise it if the HSM allows"
                 " that many sessions"
             )
-        return PoolPlan(chosen, chunk, wanted, warning)
+        return PoolPlan(chosen, job_digests(chunk_digests, cores, chosen), wanted, warning)
     warning = None
     if wanted > configured * _TOO_SMALL:
         busy = min(100, round(100 * configured / wanted))
@@ -96,4 +102,4 @@ def plan_pool(
             f' set [hsm] workers = "auto" (it would start {min(wanted, max_workers)}) or'
             f" workers = {wanted}"
         )
-    return PoolPlan(configured, chunk, wanted, warning)
+    return PoolPlan(configured, job_digests(chunk_digests, cores, configured), wanted, warning)

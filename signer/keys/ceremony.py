@@ -132,7 +132,7 @@ class KeyCeremonies:
             raise PolicyError("a key label of 1 to 64 printable characters is required")
         if label in self._reserved:
             raise InvalidRequest(
-                f"label {label!r} is reserved for signer's own keys (audit, CSCA); choose"
+                f"label {label!r} is reserved for signer's own keys (audit, CSCA, upload); choose"
                 " another label"
             )
         with self._write_lock:
@@ -427,7 +427,11 @@ def make_ceremonies(
         settings.keys,
         on_event,
         csca,
-        reserved_labels=(settings.hsm.audit_key_label, settings.hsm.csca_key_label),
+        reserved_labels=(
+            settings.hsm.audit_key_label,
+            settings.hsm.csca_key_label,
+            settings.hsm.upload_key_label,
+        ),
     )
 
 

@@ -9,8 +9,6 @@ from signer.sigformat import P256_COORDINATE_BYTES, raw_to_der
 SignDigest = Callable[[bytes], bytes]
 """Signs a 32-byte SHA-256 digest with an ECDSA P-256 key; returns the raw 64-byte ``r||s``."""
 
-SHA256_DIGEST_BYTES = 32
-
 
 def sign_to_der(data: bytes, sign: SignDigest) -> bytes:
     """Hash ``data`` with SHA-256, sign the digest with ``sign`` and return a DER ECDSA signature.

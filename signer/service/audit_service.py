@@ -1,18 +1,24 @@
-"""``signer.v1.Audit``: verify the log, find who had a digest signed, fetch the last checkpoint."""
+"""``signer.v1.Audit``: verify the log, find who had a digest signed, fetch the last checkpoint,
+stream the stored records to the auditor's mirror."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from signer.audit.query import find_by_digest, latest_checkpoint
+from signer.audit.stored import stored_frames
 from signer.audit.verify import FaultKind, verify_log
 from signer.errors import AuditError, InvalidRequest
 from signer.service.trail import AuditTrail
 from signer.v1 import audit_pb2, audit_pb2_grpc
+
+# Below the smallest message limit any configuration sets ([server] max_batch = 1: 64 KiB + 80).
+RECORD_CHUNK_BYTES = 32 * 1024
 
 
 class AuditService(audit_pb2_grpc.AuditServicer):
@@ -97,3 +103,25 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             raise AuditError("no checkpoint has been signed yet; try again in a minute")
         size = int(note.split("\n")[1])
         return audit_pb2.Checkpoint(note=note, size=size, audit_public_key_spki=self._public_key())
+
+    def ReadRecords(
+        self, request: audit_pb2.ReadRecordsRequest, context: grpc.ServicerContext
+    ) -> Iterator[audit_pb2.RecordFrames]:
+        """The records after ``after_sequence`` as stored, up to the last durable one."""
+        self._require_log()
+        assert self._trail.log is not None
+        durable = self._trail.log.size  # never a record whose fsync is still running
+        frames = stored_frames(
+            self._dir,
+            request.after_sequence,
+            upto=durable,
+            limit=request.max_records or None,
+        )
+        pending = bytearray()
+        for frame in frames:
+            pending += frame
+            while len(pending) >= RECORD_CHUNK_BYTES:
+                yield audit_pb2.RecordFrames(frames=bytes(pending[:RECORD_CHUNK_BYTES]))
+                del pending[:RECORD_CHUNK_BYTES]
+        if pending:
+            yield audit_pb2.RecordFrames(frames=bytes(pending))

@@ -9,9 +9,9 @@ reflection need only a certificate the server's client CA trusts (checked by TLS
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from cryptography import x509
@@ -95,80 +95,68 @@ def service_of(method: str) -> str:
     return method.strip("/").split("/", 1)[0]
 
 
-Refusal = Callable[[str, str, str], None]
+@dataclass(frozen=True)
+class AuthRefusal:
+    """Why a caller may not call a method: what is counted and audited, and what it is told."""
+
+    reason: str
+    identity: str
+    code: grpc.StatusCode
+    message: str
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Checks the caller's role before a handler runs; refusals are counted and audited."""
-
-    def __init__(self, roles: Roles, enforce: bool, on_refusal: Refusal) -> None:
-        self._roles = roles
-        self._enforce = enforce
-        self._on_refusal = on_refusal
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        service = service_of(method)
-        if handler is None or not self._enforce or service in OPEN_SERVICES:
-            return handler
-        role = ROLE_OF_SERVICE.get(service, "")
-        return _guarded(handler, lambda context: self._check(context, role, method))
-
-    def _check(self, context: grpc.ServicerContext, role: str, method: str) -> None:
-        names = certificate_identities(context.auth_context())
-        if not names:
-            self._on_refusal("no_certificate", str(context.peer()), method)
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "a client certificate issued by the appliance's client CA is required",
-            )
-        held = self._roles.roles_of(names)
-        if not held:
-            self._on_refusal("unknown_identity", names[0], method)
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{names[0]} is not a known identity of this appliance; ask the operator to"
-                " list it under [roles]",
-            )
-        if role not in held:
-            self._on_refusal("wrong_role", names[0], method)
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{names[0]} does not hold the role {role!r} needed for {method};"
-                " ask the appliance operator to grant it in the [roles] configuration",
-            )
+def authorise(
+    names: list[str], peer: str, roles: Roles, role: str, method: str
+) -> AuthRefusal | None:
+    """None when a caller known by the certificate ``names`` holds ``role``, else the refusal."""
+    if not names:
+        return AuthRefusal(
+            "no_certificate",
+            peer,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "a client certificate issued by the appliance's client CA is required",
+        )
+    held = roles.roles_of(names)
+    if not held:
+        return AuthRefusal(
+            "unknown_identity",
+            names[0],
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{names[0]} is not a known identity of this appliance; ask the operator to"
+            " list it under [roles]",
+        )
+    if role not in held:
+        return AuthRefusal(
+            "wrong_role",
+            names[0],
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{names[0]} does not hold the role {role!r} needed for {method};"
+            " ask the appliance operator to grant it in the [roles] configuration",
+        )
+    return None
 
 
-def _guarded(
-    handler: grpc.RpcMethodHandler, check: Callable[[grpc.ServicerContext], None]
-) -> grpc.RpcMethodHandler:
-    def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return behavior(request, context)
+def required_role(method: str, enforce: bool) -> str | None:
+    """The role a method needs, or None when any caller TLS let in may call it."""
+    service = service_of(method)
+    if not enforce or service in OPEN_SERVICES:
+        return None
+    return ROLE_OF_SERVICE.get(service, "")
 
-        return run
 
-    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        def run(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            yield from behavior(request, context)
+@dataclass(frozen=True)
+class Caller:
+    """Who makes the current call, worked out once per call by the server's interceptor."""
 
-        return run
+    identity: str
+    names: tuple[str, ...] = ()
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
+
+CALLER: ContextVar[Caller] = ContextVar("signer_caller")
+"""The caller of the RPC the current task serves (set by the interceptor around the servicer)."""
+
+
+def current_identity(context: grpc.ServicerContext) -> str:
+    """The current caller's identity: from the interceptor if it ran, else from ``context``."""
+    caller = CALLER.get(None)
+    return caller.identity if caller is not None else caller_identity(context)

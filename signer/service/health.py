@@ -3,8 +3,9 @@ and every profile has an active key (fail closed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +41,11 @@ def problems(facts: HealthFacts) -> list[str]:
 
 
 class HealthMonitor:
-    """Re-evaluates health every ``interval`` seconds, and at once when asked."""
+    """Re-evaluates health every ``interval`` seconds, and at once when asked.
+
+    Lives on the server's event loop; ``gather`` blocks (it pings the HSM) and runs in a
+    thread. :meth:`check_soon` may be called from any thread.
+    """
 
     def __init__(
         self,
@@ -48,22 +53,27 @@ class HealthMonitor:
         interval: float = 2.0,
         services: tuple[str, ...] = SERVICES,
     ) -> None:
-        self.servicer = health.HealthServicer()
+        self.servicer = health.aio.HealthServicer()
         self._gather = gather
         self._interval = interval
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._stopped = False
+        self._checks: set[asyncio.Task[bool]] = set()
         self.serving = False
         self.last_problems: list[str] = ["not checked yet"]
         self._services = services
-        for service in services:
-            self.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    def check(self) -> bool:
+    async def publish_not_serving(self) -> None:
+        """Report NOT_SERVING for every service until the first check."""
+        for service in self._services:
+            await self.servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def check(self) -> bool:
         """Evaluate now and publish the result; return True when serving."""
-        with self._lock:
+        async with self._lock:
             try:
-                found = problems(self._gather())
+                found = problems(await asyncio.to_thread(self._gather))
             except Exception as exc:
                 found = [f"health check failed: {type(exc).__name__}"]
             serving = not found
@@ -79,15 +89,29 @@ class HealthMonitor:
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             for service in self._services:
-                self.servicer.set(service, status)
+                await self.servicer.set(service, status)
             return serving
 
-    def run(self) -> None:
-        """Check every ``interval`` until :meth:`stop`."""
-        while not self._stop.wait(self._interval):
-            self.check()
+    def check_soon(self) -> None:
+        """Ask for a check now, from any thread."""
+        if self._stopped:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the daemon is gone
+            self._loop.call_soon_threadsafe(self._start_check)
 
-    def stop(self) -> None:
+    def _start_check(self) -> None:
+        task = self._loop.create_task(self.check())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def run(self) -> None:
+        """Check every ``interval`` until :meth:`stop`."""
+        while not self._stopped:
+            await asyncio.sleep(self._interval)
+            if not self._stopped:
+                await self.check()
+
+    async def stop(self) -> None:
         """End :meth:`run` and report NOT_SERVING to load balancers."""
-        self._stop.set()
-        self.servicer.enter_graceful_shutdown()
+        self._stopped = True
+        await self.servicer.enter_graceful_shutdown()

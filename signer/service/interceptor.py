@@ -1,4 +1,8 @@
-"""The one server interceptor that ends, counts and logs every call of the appliance's services.
+"""The interceptor for a synchronous ``grpc.server`` that ends, counts and logs every call.
+
+The daemon itself serves on ``grpc.aio`` with :mod:`signer.service.aio_interceptor`; this one
+gives a thread-pool server of synchronous servicers the same outcomes (both are built on
+:mod:`signer.service.rpc`).
 
 A :class:`SignerError` a servicer raises becomes its status, message and trailing metadata
 (:func:`signer.service.rpc.refusal`); any other exception becomes INTERNAL with the generic

@@ -7,9 +7,10 @@ Live state (workers, keys, audit head) is read when Prometheus scrapes, by a col
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -44,6 +45,8 @@ class LiveState:
     audit_last_checkpoint_unix: float | None
     audit_checkpoint_ok: bool
     keys: tuple[KeyGaugeRow, ...]
+    hsm_pending_digests: int = 0
+    hsm_sign_jobs: int = 0
 
 
 class _LiveCollector(Collector):
@@ -56,6 +59,17 @@ class _LiveCollector(Collector):
             "signer_hsm_workers", "Signing worker processes configured.", state.workers_configured
         )
         yield _gauge("signer_hsm_workers_up", "Signing worker processes alive.", state.workers_up)
+        jobs = CounterMetricFamily(
+            "signer_hsm_sign_jobs",
+            "Signing jobs sent to the HSM workers (concurrent small requests share one).",
+        )
+        jobs.add_metric([], state.hsm_sign_jobs)
+        yield jobs
+        yield _gauge(
+            "signer_hsm_pending_digests",
+            "Digests waiting for an HSM worker or being signed.",
+            state.hsm_pending_digests,
+        )
         restarts = CounterMetricFamily(
             "signer_hsm_worker_restarts", "Signing worker processes replaced after dying."
         )
@@ -120,6 +134,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
+HSM_ERROR_KINDS = ("ping", "HsmError", "HsmUnavailable")
+"""The ``kind`` label values of ``signer_hsm_errors_total``: the health ping, and the error
+classes a signing request can meet."""
+AUTH_REFUSAL_REASONS = ("no_certificate", "unknown_identity", "wrong_role")
+QUOTA_REASONS = ("rate", "concurrency", "batch_over_burst")
+
+
 class Metrics:
     """All metrics of one daemon, in a registry of their own."""
 
@@ -138,6 +159,12 @@ class Metrics:
         )
         self.signatures = Counter(
             "signer_signatures", "Signatures returned.", ["profile", "kid"], registry=r
+        )
+        self.undelivered = Counter(
+            "signer_signatures_undelivered",
+            "Signatures made and audited whose caller left before the answer.",
+            ["profile"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "signer_batch_size_digests",
@@ -185,6 +212,22 @@ class Metrics:
         self.keys_revoked = Counter(
             "signer_keys_revoked", "Keys revoked through this daemon.", ["profile"], registry=r
         )
+
+    def prime(self, profiles: Iterable[str], methods: Iterable[str]) -> None:
+        """Export a zero for every known label value, so that a counter that never fired is a
+        series at 0 (a dashboard shows 0, an alert's rate() works) instead of no data."""
+        for kind in HSM_ERROR_KINDS:
+            self.hsm_errors.labels(kind)
+        for reason in AUTH_REFUSAL_REASONS:
+            self.auth_refusals.labels(reason)
+        for reason in QUOTA_REASONS:
+            self.quota_rejections.labels(reason)
+        for profile in profiles:
+            self.key_warnings.labels(profile)
+            self.keys_revoked.labels(profile)
+        for method in methods:
+            for code in grpc.StatusCode:
+                self.requests.labels(method, code.name)
 
     def watch(self, read: Callable[[], LiveState]) -> None:
         """Register the scrape-time collector of live state."""

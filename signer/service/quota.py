@@ -16,6 +16,10 @@ from signer.config import QuotaSettings
 from signer.errors import QuotaExceeded
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -43,13 +47,29 @@ class Quotas:
     @contextmanager
     def admit(self, identity: str, signatures: int) -> Iterator[None]:
         """Hold a request slot and take ``signatures`` tokens, or raise QuotaExceeded."""
-        self._take(identity, signatures)
+        release = self.acquire(identity, signatures)
         try:
             yield
         finally:
-            if self._max_concurrent:
+            release()
+
+    def acquire(self, identity: str, signatures: int) -> Callable[[], None]:
+        """Take a request slot and ``signatures`` tokens, or raise QuotaExceeded; call the
+        function returned (once) when the request is over."""
+        self._take(identity, signatures)
+        if not self._max_concurrent:
+            return _nothing
+        bucket = self._buckets[identity]
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
                 with self._lock:
-                    self._buckets[identity].in_flight -= 1
+                    bucket.in_flight -= 1
+
+        return release
 
     def _take(self, identity: str, signatures: int) -> None:
         if not self._rate and not self._max_concurrent:

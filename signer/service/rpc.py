@@ -1,9 +1,9 @@
 """What an RPC's outcome looks like to the caller and to the operator, with no gRPC plumbing.
 
 A refusal is the status code, message and trailing metadata a :class:`SignerError` ends a call
-with; a :class:`CallRecord` is what one call adds to the metrics and the access log. The sync
-server interceptor (:mod:`signer.service.interceptor`) applies these, and so can any other
-server flavour.
+with; a :class:`CallRecord` is what one call adds to the metrics and the access log. The
+daemon's asyncio interceptor (:mod:`signer.service.aio_interceptor`) and the thread-pool one
+(:mod:`signer.service.interceptor`) both apply these.
 """
 
 from __future__ import annotations

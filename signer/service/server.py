@@ -1,13 +1,20 @@
-"""Wire the parts into a daemon: workers first, then audit, keys, gRPC, metrics and health."""
+"""Wire the parts into a daemon: workers first, then audit, keys, gRPC, metrics and health.
+
+The gRPC server is ``grpc.aio``: one event loop serves every call, carries the HSM workers'
+pipes and receives the audit writer's confirmations, so a signing request crosses no thread
+until its audit record is written. Blocking work (key ceremonies, audit queries, health probes,
+the key refresher) runs in threads.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
-import sys
 import threading
-from collections.abc import Mapping
-from concurrent import futures
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +31,15 @@ from signer.keys.ceremony import KeyCeremonies, make_ceremonies
 from signer.keys.lifecycle import KeyRecord
 from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_signing
 from signer.keys.registry import KeyRegistry, make_registry
+from signer.service.aio_interceptor import CallInterceptor
 from signer.service.audit_service import AuditService
-from signer.service.auth import AuthInterceptor, Roles
+from signer.service.auth import Roles
 from signer.service.health import SERVICES, HealthFacts, HealthMonitor
-from signer.service.interceptor import RpcInterceptor
 from signer.service.key_admin import KeyAdminService
 from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
 from signer.service.signing import SigningService
+from signer.service.threaded import InThreads
 from signer.service.trail import AuditTrail, open_audit_log
 from signer.store.select import open_store
 from signer.v1 import (
@@ -44,8 +52,6 @@ from signer.v1 import (
 )
 
 log = logging.getLogger(__name__)
-
-GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def is_loopback(listen: str) -> bool:
@@ -79,8 +85,23 @@ def server_credentials(tls: TlsSettings, listen: str) -> grpc.ServerCredentials 
     )
 
 
+def served_methods(services: Iterable[str]) -> list[str]:
+    """The method names (as metrics label them) of the signer.v1 services in ``services``."""
+    methods: list[str] = []
+    for module in (signing_pb2, key_admin_pb2, audit_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            if service.full_name in services:
+                methods.extend(method.name for method in service.methods)
+    return methods
+
+
 class Daemon:
-    """One signing appliance process."""
+    """One signing appliance process: one asyncio event loop serves every RPC.
+
+    :meth:`start` returns once the server accepts calls; :meth:`wait` serves until :meth:`stop`
+    (which may be called from a signal handler or another thread) and then shuts down in order:
+    health, server, audit log, workers.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -91,31 +112,42 @@ class Daemon:
         self.ceremonies: KeyCeremonies | None = None
         self.trail: AuditTrail | None = None
         self.health: HealthMonitor | None = None
-        self.server: grpc.Server | None = None
+        self.server: grpc.aio.Server | None = None
         self.port = 0
         self._hsm_ok = False
         self._threads: list[threading.Thread] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._warned: dict[str, datetime] = {}
+        self._loop = asyncio.new_event_loop()
+        self._blocking = ThreadPoolExecutor(
+            max_workers=settings.server.threads, thread_name_prefix="rpc"
+        )
+        self._stop_requested: asyncio.Event | None = None
+        self._stopping = False
+        self._grace = 5.0
 
     def start(self) -> None:
         """Start workers, open audit and keys, then serve gRPC and metrics."""
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.start_async())
+
+    async def start_async(self) -> None:
+        """:meth:`start` on the running loop (which must be the one the daemon was made with)."""
         s = self.settings
-        # The RPC threads, pipe readers and audit writer hand work to each other all the time;
-        # with CPython's default 5 ms GIL switch interval each hand-off can wait that long.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
         credentials = server_credentials(s.server.tls, s.server.listen)
-        self.pool.start()
+        await self.pool.open()
         self._hsm_ok = True
-        self.trail = AuditTrail(
-            self._open_audit(), self.metrics, s.audit.store_signatures, self._health_now
-        )
-        store = open_store(s, self.token)
+        audit_log = await asyncio.to_thread(self._open_audit)
+        self.trail = AuditTrail(audit_log, self.metrics, self._health_now, loop)
+        store = await asyncio.to_thread(open_store, s, self.token)
         self.registry = make_registry(self.token, store, s, self._record_rejected)
-        self.registry.refresh()
+        await asyncio.to_thread(self.registry.refresh)
         self.ceremonies = make_ceremonies(
             self.registry, self.token, store, s, self._lifecycle_event
         )
-        self.trail.record_event(
+        await self.trail.record_event_async(
             "daemon_start", {"listen": s.server.listen, "workers": self.pool.size}
         )
         served = (
@@ -124,28 +156,34 @@ class Daemon:
             else tuple(name for name in SERVICES if name != "signer.v1.KeyAdmin")
         )
         self.health = HealthMonitor(self._health_facts, services=served)
+        await self.health.publish_not_serving()
         self.server = self._grpc_server(credentials)
-        self.server.start()
-        self.health.check()
+        await self.server.start()
+        await self.health.check()
         if s.metrics.listen:
+            self.metrics.prime(s.profiles, served_methods(served))
             self.metrics.watch(self._live_state)
             self.metrics.serve(s.metrics.listen)
         self._spawn(self.registry.run_refresher, "key-refresher")
-        self._spawn(self.health.run, "health")
+        task = loop.create_task(self.health.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         log.info("signer serving on %s with %d HSM workers", s.server.listen, self.pool.size)
 
-    def _grpc_server(self, credentials: grpc.ServerCredentials | None) -> grpc.Server:
+    def _grpc_server(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
         s = self.settings
         assert self.ceremonies is not None and self.registry is not None
         assert self.trail is not None and self.health is not None
         limit = s.server.max_message_bytes
-        roles = Roles.from_settings(s.roles)
-        interceptor = AuthInterceptor(
-            roles, enforce=credentials is not None, on_refusal=self._auth_refused
+        interceptor = CallInterceptor(
+            self.metrics,
+            Roles.from_settings(s.roles),
+            enforce=credentials is not None,
+            on_refusal=self._auth_refused,
         )
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.server.threads, thread_name_prefix="rpc"),
-            interceptors=[interceptor, RpcInterceptor(self.metrics)],
+        server = grpc.aio.server(
+            migration_thread_pool=self._blocking,
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -167,18 +205,19 @@ class Daemon:
             reflection.SERVICE_NAME,
         ]
         if self._admin_served():
+            key_admin = KeyAdminService(
+                self.ceremonies,
+                self.metrics,
+                self._health_now,
+                lambda: self.trail is not None and self.trail.healthy,
+            )
             key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
-                KeyAdminService(
-                    self.ceremonies,
-                    self.metrics,
-                    self._health_now,
-                    lambda: self.trail is not None and self.trail.healthy,
-                ),
-                server,
+                InThreads(key_admin, self._blocking), server
             )
             services.append(key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name)
         audit_pb2_grpc.add_AuditServicer_to_server(
-            AuditService(self.trail, self.settings.audit.directory), server
+            InThreads(AuditService(self.trail, self.settings.audit.directory), self._blocking),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection(services, server)
@@ -218,19 +257,20 @@ class Daemon:
         except SignerError:
             log.error("could not record a rejected key record in the audit log")
 
-    def _auth_refused(self, reason: str, identity: str, method: str) -> None:
+    async def _auth_refused(self, reason: str, identity: str, method: str) -> None:
         self.metrics.auth_refusals.labels(reason).inc()
         if self.trail is not None:
             try:
-                self.trail.record_event(
+                await self.trail.record_event_async(
                     "auth_refused", {"reason": reason, "method": method}, identity=identity
                 )
             except SignerError:
                 log.error("could not record an authentication refusal in the audit log")
 
     def _health_now(self) -> None:
+        """Re-check health soon (from any thread)."""
         if self.health is not None:
-            threading.Thread(target=self.health.check, daemon=True).start()
+            self.health.check_soon()
 
     def _health_facts(self) -> HealthFacts:
         assert self.registry is not None and self.trail is not None
@@ -314,6 +354,8 @@ class Daemon:
             audit_last_checkpoint_unix=audit_log.last_checkpoint_unix if audit_log else None,
             audit_checkpoint_ok=audit_log is None or audit_log.checkpoint_error is None,
             keys=tuple(rows),
+            hsm_pending_digests=self.pool.pending_digests,
+            hsm_sign_jobs=self.pool.sign_jobs,
         )
 
     def _spawn(self, target: object, name: str) -> None:
@@ -322,22 +364,44 @@ class Daemon:
         self._threads.append(thread)
 
     def wait(self) -> None:
-        """Block until the server stops."""
-        assert self.server is not None
-        self.server.wait_for_termination()
+        """Serve until :meth:`stop` is called, then shut down; returns when all is closed."""
+        try:
+            self._loop.run_until_complete(self._serve_until_stopped())
+        finally:
+            self._blocking.shutdown(wait=False)
+            self._loop.close()
 
     def stop(self, grace: float = 5.0) -> None:
+        """Ask the daemon to stop (from a signal handler or any thread); :meth:`wait` does it."""
+        self._grace = grace
+        self._stopping = True
+        if self._stop_requested is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: stopped already
+                self._loop.call_soon_threadsafe(self._stop_requested.set)
+
+    async def _serve_until_stopped(self) -> None:
+        if self._stop_requested is not None and not self._stopping:
+            await self._stop_requested.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
         """Stop serving, record the stop, close the audit log and the workers."""
         if self.health is not None:
-            self.health.stop()
+            await self.health.stop()
         if self.registry is not None:
             self.registry.stop()
         if self.server is not None:
-            self.server.stop(grace).wait()
+            await self.server.stop(self._grace)
+        for task in list(self._tasks):
+            task.cancel()
         if self.trail is not None and self.trail.log is not None:
-            try:
-                self.trail.record_event("daemon_stop", {})
-                self.trail.log.close()
-            except SignerError as exc:
-                log.error("closing the audit log failed: %s", exc)
-        self.pool.close()
+            await asyncio.to_thread(self._close_audit)
+        await self.pool.aclose()
+
+    def _close_audit(self) -> None:
+        assert self.trail is not None and self.trail.log is not None
+        try:
+            self.trail.record_event("daemon_stop", {})
+            self.trail.log.close()
+        except SignerError as exc:
+            log.error("closing the audit log failed: %s", exc)

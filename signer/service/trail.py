@@ -1,21 +1,67 @@
-"""The daemon's side of the audit log: signed batches and lifecycle events, fail-closed."""
+"""The daemon's side of the audit log: signed batches and lifecycle events, fail-closed.
+
+Threads (ceremonies, the key refresher) record and wait with :meth:`AuditTrail.record_event`.
+The event loop never blocks: :meth:`AuditTrail.signatures_soon` queues a record and calls back
+on the loop once it is durable. The audit writer thread hands durability back through one
+:class:`Handback` mailbox that wakes the loop once for everything that became durable together
+(one group commit), not once per record.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from signer.audit.checkpoint import CheckpointSigner
 from signer.audit.events import EventType
-from signer.audit.log import AuditLog
+from signer.audit.log import AppendResult, AuditLog
 from signer.config import Settings
 from signer.errors import AuditError
 from signer.hsm.api import Token, digest_signer
 from signer.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+Durable = Callable[[int, BaseException | None], None]
+"""Called on the loop once a record is durable: ``(sequence, None)`` or ``(0, error)``."""
+
+
+class Handback:
+    """Carries results from the audit writer thread to the event loop in batches.
+
+    :meth:`post` may be called from any thread; the callbacks run on ``loop``. The loop is woken
+    once per burst of posts (one ``call_soon_threadsafe``), however many records a group commit
+    made durable.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._mail: deque[Callable[[], None]] = deque()
+        self._woken = False
+
+    def post(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the loop soon."""
+        self._mail.append(action)
+        if not self._woken:
+            self._woken = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                self._woken = False  # the loop is closed: the daemon is gone
+
+    def _drain(self) -> None:
+        self._woken = False
+        mail = self._mail
+        while mail:
+            try:
+                mail.popleft()()
+            except Exception:
+                log.exception("an audit completion callback failed")
 
 
 class AuditTrail:
@@ -25,13 +71,14 @@ class AuditTrail:
         self,
         audit_log: AuditLog | None,
         metrics: Metrics,
-        store_signatures: bool,
         on_failure: Callable[[], None] = lambda: None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.log = audit_log
         self._metrics = metrics
-        self._store_signatures = store_signatures
         self._on_failure = on_failure
+        self._handback = Handback(loop) if loop is not None else None
+        self._sign_records = metrics.audit_records.labels(EventType.SIGN_BATCH.value)
 
     @property
     def healthy(self) -> bool:
@@ -56,8 +103,70 @@ class AuditTrail:
             kid=kid,
             request_id=request_id,
             digests=digests,
-            signatures=signatures if self._store_signatures else None,
+            signatures=signatures,
         )
+
+    def signatures_soon(
+        self,
+        *,
+        identity: str,
+        profile: str,
+        kid: bytes,
+        request_id: str,
+        digests: Sequence[bytes],
+        signatures: Callable[[], Sequence[bytes]],
+        done: Durable,
+    ) -> None:
+        """Queue a signed batch's record; ``done`` runs on the loop once it is durable (its
+        signatures may leave only then) or with the error that refuses them. The log keeps
+        each signature's revocation hash, and the whole signature with ``keep_signatures``."""
+        if self.log is None:
+            done(0, None)
+            return
+        started = time.perf_counter()
+        try:
+            future = self.log.append_nowait(
+                EventType.SIGN_BATCH,
+                identity=identity,
+                profile=profile,
+                kid=kid,
+                request_id=request_id,
+                digests=digests,
+                signatures=signatures(),
+            )
+        except AuditError as error:
+            self._failed(EventType.SIGN_BATCH)
+            done(0, error)
+            return
+        handback = self._handback
+        assert handback is not None, "AuditTrail needs the event loop for signatures_soon"
+
+        def settled(future: Future[AppendResult]) -> None:
+            handback.post(lambda: self._durable(future, started, done))
+
+        future.add_done_callback(settled)
+
+    def _durable(self, future: Future[AppendResult], started: float, done: Durable) -> None:
+        error = future.exception()
+        if error is not None:
+            if isinstance(error, AuditError):
+                self._failed(EventType.SIGN_BATCH)
+            done(0, error)
+            return
+        self._metrics.audit_append_seconds.observe(time.perf_counter() - started)
+        self._sign_records.inc()
+        done(future.result().seq, None)
+
+    def _failed(self, event: EventType) -> None:
+        self._metrics.audit_failures.inc()
+        self._on_failure()
+        log.error("audit log write failed; refusing to answer %s", event.value)
+
+    async def record_event_async(
+        self, event: str, details: Mapping[str, Any], identity: str = ""
+    ) -> int:
+        """:meth:`record_event` for the event loop: waits without blocking it."""
+        return await asyncio.to_thread(self.record_event, event, details, identity)
 
     def record_event(self, event: str, details: Mapping[str, Any], identity: str = "") -> int:
         """Record a lifecycle, daemon or security event."""
@@ -76,9 +185,7 @@ class AuditTrail:
         try:
             result = self.log.append(event, **fields)
         except AuditError:
-            self._metrics.audit_failures.inc()
-            self._on_failure()
-            log.error("audit log write failed; refusing to answer %s", event.value)
+            self._failed(event)
             raise
         self._metrics.audit_append_seconds.observe(time.perf_counter() - started)
         self._metrics.audit_records.labels(event.value).inc()
@@ -108,4 +215,5 @@ def open_audit_log(
         checkpoint_every_records=settings.audit.checkpoint_every_records,
         checkpoint_every_seconds=settings.audit.checkpoint_every_seconds,
         on_health_change=on_health_change,
+        keep_signatures=settings.audit.keep_signatures,
     )

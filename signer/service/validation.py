@@ -10,21 +10,52 @@ from signer.sigformat import SHA256_DIGEST_BYTES, SignatureEncoding
 MAX_REQUEST_ID_CHARS = 128
 
 
-def check_digests(digests: Sequence[bytes], max_batch: int) -> None:
-    """Refuse an empty or oversized batch and any digest that is not exactly 32 bytes."""
-    if not digests:
+def check_count(count: int, max_batch: int) -> None:
+    """Refuse an empty or oversized batch."""
+    if not count:
         raise InvalidRequest("the batch is empty: send at least one SHA-256 digest")
-    if len(digests) > max_batch:
+    if count > max_batch:
         raise InvalidRequest(
-            f"the batch has {len(digests)} digests, more than this server's max_batch of "
+            f"the batch has {count} digests, more than this server's max_batch of "
             f"{max_batch}; split it into batches of at most {max_batch}"
         )
+
+
+def check_digests(digests: Sequence[bytes], max_batch: int) -> None:
+    """Refuse an empty or oversized batch and any digest that is not exactly 32 bytes."""
+    check_count(len(digests), max_batch)
     for index, digest in enumerate(digests):
         if len(digest) != SHA256_DIGEST_BYTES:
             raise InvalidRequest(
                 f"digests[{index}] is {len(digest)} bytes; every digest must be a SHA-256 "
                 f"digest of exactly {SHA256_DIGEST_BYTES} bytes"
             )
+
+
+def read_digests(
+    digests: Sequence[bytes], packed: bytes, max_batch: int
+) -> tuple[list[bytes], bytes]:
+    """The digests of a request, one ``bytes`` each and packed, from either of its two forms.
+
+    Refuses both forms at once, a packed length that is not a whole number of digests, and
+    what :func:`check_digests` refuses.
+    """
+    step = SHA256_DIGEST_BYTES
+    if packed:
+        if digests:
+            raise InvalidRequest(
+                "send the digests either in digests or in packed_digests, not in both"
+            )
+        if len(packed) % step:
+            raise InvalidRequest(
+                f"packed_digests is {len(packed)} bytes, not a multiple of {step}: it must hold"
+                f" whole SHA-256 digests of {step} bytes each"
+            )
+        check_count(len(packed) // step, max_batch)
+        return [packed[i : i + step] for i in range(0, len(packed), step)], packed
+    listed = list(digests)
+    check_digests(listed, max_batch)
+    return listed, b"".join(listed)
 
 
 def check_request_id(request_id: str) -> str:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/audit.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x10VerifyLogRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"\x81\x01\n\x11VerifyLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x13\n\x0b\x63heckpoints\x18\x03 \x01(\x04\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\t\x12\x1a\n\x12\x66irst_bad_sequence\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\"%\n\x13\x46indByDigestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\"\x9b\x01\n\nAuditMatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0f\n\x07profile\x18\x05 \x01(\t\x12\x0b\n\x03kid\x18\x06 \x01(\x0c\x12\x12\n\nrequest_id\x18\x07 \x01(\t\">\n\x14\x46indByDigestResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditMatch\"\x1c\n\x1aGetLatestCheckpointRequest\"G\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x1d\n\x15\x61udit_public_key_spki\x18\x03 \x01(\x0c\x32\xf5\x01\n\x05\x41udit\x12\x46\n\tVerifyLog\x12\x1b.signer.v1.VerifyLogRequest\x1a\x1c.signer.v1.VerifyLogResponse\x12O\n\x0c\x46indByDigest\x12\x1e.signer.v1.FindByDigestRequest\x1a\x1f.signer.v1.FindByDigestResponse\x12S\n\x13GetLatestCheckpoint\x12%.signer.v1.GetLatestCheckpointRequest\x1a\x15.signer.v1.Checkpointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/audit.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x10VerifyLogRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"\x81\x01\n\x11VerifyLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x13\n\x0b\x63heckpoints\x18\x03 \x01(\x04\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\t\x12\x1a\n\x12\x66irst_bad_sequence\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\"%\n\x13\x46indByDigestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\"\x9b\x01\n\nAuditMatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0f\n\x07profile\x18\x05 \x01(\t\x12\x0b\n\x03kid\x18\x06 \x01(\x0c\x12\x12\n\nrequest_id\x18\x07 \x01(\t\">\n\x14\x46indByDigestResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditMatch\"\x1c\n\x1aGetLatestCheckpointRequest\"G\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x1d\n\x15\x61udit_public_key_spki\x18\x03 \x01(\x0c\"A\n\x12ReadRecordsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x13\n\x0bmax_records\x18\x02 \x01(\x04\"\x1e\n\x0cRecordFrames\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x0c\x32\xbe\x02\n\x05\x41udit\x12\x46\n\tVerifyLog\x12\x1b.signer.v1.VerifyLogRequest\x1a\x1c.signer.v1.VerifyLogResponse\x12O\n\x0c\x46indByDigest\x12\x1e.signer.v1.FindByDigestRequest\x1a\x1f.signer.v1.FindByDigestResponse\x12S\n\x13GetLatestCheckpoint\x12%.signer.v1.GetLatestCheckpointRequest\x1a\x15.signer.v1.Checkpoint\x12G\n\x0bReadRecords\x12\x1d.signer.v1.ReadRecordsRequest\x1a\x17.signer.v1.RecordFrames0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_end=530
   _globals['_CHECKPOINT']._serialized_start=532
   _globals['_CHECKPOINT']._serialized_end=603
-  _globals['_AUDIT']._serialized_start=606
-  _globals['_AUDIT']._serialized_end=851
+  _globals['_READRECORDSREQUEST']._serialized_start=605
+  _globals['_READRECORDSREQUEST']._serialized_end=670
+  _globals['_RECORDFRAMES']._serialized_start=672
+  _globals['_RECORDFRAMES']._serialized_end=702
+  _globals['_AUDIT']._serialized_start=705
+  _globals['_AUDIT']._serialized_end=1023
 # @@protoc_insertion_point(module_scope)

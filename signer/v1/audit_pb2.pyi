@@ -74,3 +74,17 @@ class Checkpoint(_message.Message):
     size: int
     audit_public_key_spki: bytes
     def __init__(self, note: _Optional[str] = ..., size: _Optional[int] = ..., audit_public_key_spki: _Optional[bytes] = ...) -> None: ...
+
+class ReadRecordsRequest(_message.Message):
+    __slots__ = ("after_sequence", "max_records")
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    max_records: int
+    def __init__(self, after_sequence: _Optional[int] = ..., max_records: _Optional[int] = ...) -> None: ...
+
+class RecordFrames(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: bytes
+    def __init__(self, frames: _Optional[bytes] = ...) -> None: ...

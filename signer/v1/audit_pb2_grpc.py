@@ -49,6 +49,11 @@ class AuditStub:
                 request_serializer=signer_dot_v1_dot_audit__pb2.GetLatestCheckpointRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_audit__pb2.Checkpoint.FromString,
                 _registered_method=True)
+        self.ReadRecords = channel.unary_stream(
+                '/signer.v1.Audit/ReadRecords',
+                request_serializer=signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_audit__pb2.RecordFrames.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -72,6 +77,13 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadRecords(self, request, context):
+        """The stored records after a sequence number, for the auditor's off-box mirror.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +101,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetLatestCheckpoint,
                     request_deserializer=signer_dot_v1_dot_audit__pb2.GetLatestCheckpointRequest.FromString,
                     response_serializer=signer_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
+            ),
+            'ReadRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadRecords,
+                    request_deserializer=signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_audit__pb2.RecordFrames.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +189,33 @@ class Audit:
             '/signer.v1.Audit/GetLatestCheckpoint',
             signer_dot_v1_dot_audit__pb2.GetLatestCheckpointRequest.SerializeToString,
             signer_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/signer.v1.Audit/ReadRecords',
+            signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.SerializeToString,
+            signer_dot_v1_dot_audit__pb2.RecordFrames.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17signer/v1/signing.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14GetSigningKeyRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\"\xd8\x01\n\nSigningKey\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x0f\n\x07\x64sc_der\x18\x04 \x01(\x0c\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cusable_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x08 \x01(\t\"\x81\x01\n\x10SignBatchRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x0f\n\x07\x64igests\x18\x03 \x03(\x0c\x12*\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1a.signer.v1.SignatureFormat\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"`\n\x11SignBatchResponse\x12\x12\n\nsignatures\x18\x01 \x03(\x0c\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61udit_sequence\x18\x03 \x01(\x04\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x15\n\x13GetTrustListRequest\"\xad\x01\n\x0eTrustListEntry\x12\x0b\n\x03kid\x18\x01 \x01(\x0c\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x64sc_der\x18\x04 \x01(\x0c\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\nRevokedKey\x12\x0b\n\x03kid\x18\x01 \x01(\x0c\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12.\n\nrevoked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\tTrustList\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.signer.v1.TrustListEntry\x12&\n\x07revoked\x18\x02 \x03(\x0b\x32\x15.signer.v1.RevokedKey*g\n\x0fSignatureFormat\x12 \n\x1cSIGNATURE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14SIGNATURE_FORMAT_RAW\x10\x01\x12\x18\n\x14SIGNATURE_FORMAT_DER\x10\x02\x32\xad\x02\n\x07Signing\x12G\n\rGetSigningKey\x12\x1f.signer.v1.GetSigningKeyRequest\x1a\x15.signer.v1.SigningKey\x12\x46\n\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse\x12K\n\nSignStream\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse(\x01\x30\x01\x12\x44\n\x0cGetTrustList\x12\x1e.signer.v1.GetTrustListRequest\x1a\x14.signer.v1.TrustListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17signer/v1/signing.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14GetSigningKeyRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\"\xeb\x01\n\nSigningKey\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x0f\n\x07\x64sc_der\x18\x04 \x01(\x0c\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cusable_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x08 \x01(\t\x12\x11\n\tmax_batch\x18\t \x01(\r\"\x99\x01\n\x10SignBatchRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x0f\n\x07\x64igests\x18\x03 \x03(\x0c\x12*\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1a.signer.v1.SignatureFormat\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0epacked_digests\x18\x06 \x01(\x0c\"{\n\x11SignBatchResponse\x12\x12\n\nsignatures\x18\x01 \x03(\x0c\x12\x0b\n\x03kid\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61udit_sequence\x18\x03 \x01(\x04\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x19\n\x11packed_signatures\x18\x05 \x01(\x0c\"\x15\n\x13GetTrustListRequest\"\xad\x01\n\x0eTrustListEntry\x12\x0b\n\x03kid\x18\x01 \x01(\x0c\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x64sc_der\x18\x04 \x01(\x0c\x12.\n\nnot_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\nRevokedKey\x12\x0b\n\x03kid\x18\x01 \x01(\x0c\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12.\n\nrevoked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\tTrustList\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.signer.v1.TrustListEntry\x12&\n\x07revoked\x18\x02 \x03(\x0b\x32\x15.signer.v1.RevokedKey*g\n\x0fSignatureFormat\x12 \n\x1cSIGNATURE_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14SIGNATURE_FORMAT_RAW\x10\x01\x12\x18\n\x14SIGNATURE_FORMAT_DER\x10\x02\x32\xad\x02\n\x07Signing\x12G\n\rGetSigningKey\x12\x1f.signer.v1.GetSigningKeyRequest\x1a\x15.signer.v1.SigningKey\x12\x46\n\tSignBatch\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse\x12K\n\nSignStream\x12\x1b.signer.v1.SignBatchRequest\x1a\x1c.signer.v1.SignBatchResponse(\x01\x30\x01\x12\x44\n\x0cGetTrustList\x12\x1e.signer.v1.GetTrustListRequest\x1a\x14.signer.v1.TrustListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signer.v1.signing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNATUREFORMAT']._serialized_start=949
-  _globals['_SIGNATUREFORMAT']._serialized_end=1052
+  _globals['_SIGNATUREFORMAT']._serialized_start=1019
+  _globals['_SIGNATUREFORMAT']._serialized_end=1122
   _globals['_GETSIGNINGKEYREQUEST']._serialized_start=71
   _globals['_GETSIGNINGKEYREQUEST']._serialized_end=110
   _globals['_SIGNINGKEY']._serialized_start=113
-  _globals['_SIGNINGKEY']._serialized_end=329
-  _globals['_SIGNBATCHREQUEST']._serialized_start=332
-  _globals['_SIGNBATCHREQUEST']._serialized_end=461
-  _globals['_SIGNBATCHRESPONSE']._serialized_start=463
-  _globals['_SIGNBATCHRESPONSE']._serialized_end=559
-  _globals['_GETTRUSTLISTREQUEST']._serialized_start=561
-  _globals['_GETTRUSTLISTREQUEST']._serialized_end=582
-  _globals['_TRUSTLISTENTRY']._serialized_start=585
-  _globals['_TRUSTLISTENTRY']._serialized_end=758
-  _globals['_REVOKEDKEY']._serialized_start=760
-  _globals['_REVOKEDKEY']._serialized_end=850
-  _globals['_TRUSTLIST']._serialized_start=852
-  _globals['_TRUSTLIST']._serialized_end=947
-  _globals['_SIGNING']._serialized_start=1055
-  _globals['_SIGNING']._serialized_end=1356
+  _globals['_SIGNINGKEY']._serialized_end=348
+  _globals['_SIGNBATCHREQUEST']._serialized_start=351
+  _globals['_SIGNBATCHREQUEST']._serialized_end=504
+  _globals['_SIGNBATCHRESPONSE']._serialized_start=506
+  _globals['_SIGNBATCHRESPONSE']._serialized_end=629
+  _globals['_GETTRUSTLISTREQUEST']._serialized_start=631
+  _globals['_GETTRUSTLISTREQUEST']._serialized_end=652
+  _globals['_TRUSTLISTENTRY']._serialized_start=655
+  _globals['_TRUSTLISTENTRY']._serialized_end=828
+  _globals['_REVOKEDKEY']._serialized_start=830
+  _globals['_REVOKEDKEY']._serialized_end=920
+  _globals['_TRUSTLIST']._serialized_start=922
+  _globals['_TRUSTLIST']._serialized_end=1017
+  _globals['_SIGNING']._serialized_start=1125
+  _globals['_SIGNING']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ class GetSigningKeyRequest(_message.Message):
     def __init__(self, profile: _Optional[str] = ...) -> None: ...
 
 class SigningKey(_message.Message):
-    __slots__ = ("profile", "kid", "algorithm", "dsc_der", "public_key_spki", "not_after", "usable_until", "key_id")
+    __slots__ = ("profile", "kid", "algorithm", "dsc_der", "public_key_spki", "not_after", "usable_until", "key_id", "max_batch")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class SigningKey(_message.Message):
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     USABLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     profile: str
     kid: bytes
     algorithm: str
@@ -43,33 +44,38 @@ class SigningKey(_message.Message):
     not_after: _timestamp_pb2.Timestamp
     usable_until: _timestamp_pb2.Timestamp
     key_id: str
-    def __init__(self, profile: _Optional[str] = ..., kid: _Optional[bytes] = ..., algorithm: _Optional[str] = ..., dsc_der: _Optional[bytes] = ..., public_key_spki: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, profile: _Optional[str] = ..., kid: _Optional[bytes] = ..., algorithm: _Optional[str] = ..., dsc_der: _Optional[bytes] = ..., public_key_spki: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class SignBatchRequest(_message.Message):
-    __slots__ = ("profile", "kid", "digests", "format", "request_id")
+    __slots__ = ("profile", "kid", "digests", "format", "request_id", "packed_digests")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKED_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     profile: str
     kid: bytes
     digests: _containers.RepeatedScalarFieldContainer[bytes]
     format: SignatureFormat
     request_id: str
-    def __init__(self, profile: _Optional[str] = ..., kid: _Optional[bytes] = ..., digests: _Optional[_Iterable[bytes]] = ..., format: _Optional[_Union[SignatureFormat, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    packed_digests: bytes
+    def __init__(self, profile: _Optional[str] = ..., kid: _Optional[bytes] = ..., digests: _Optional[_Iterable[bytes]] = ..., format: _Optional[_Union[SignatureFormat, str]] = ..., request_id: _Optional[str] = ..., packed_digests: _Optional[bytes] = ...) -> None: ...
 
 class SignBatchResponse(_message.Message):
-    __slots__ = ("signatures", "kid", "audit_sequence", "request_id")
+    __slots__ = ("signatures", "kid", "audit_sequence", "request_id", "packed_signatures")
     SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     AUDIT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKED_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     signatures: _containers.RepeatedScalarFieldContainer[bytes]
     kid: bytes
     audit_sequence: int
     request_id: str
-    def __init__(self, signatures: _Optional[_Iterable[bytes]] = ..., kid: _Optional[bytes] = ..., audit_sequence: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    packed_signatures: bytes
+    def __init__(self, signatures: _Optional[_Iterable[bytes]] = ..., kid: _Optional[bytes] = ..., audit_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., packed_signatures: _Optional[bytes] = ...) -> None: ...
 
 class GetTrustListRequest(_message.Message):
     __slots__ = ()

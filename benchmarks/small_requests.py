@@ -1,0 +1,316 @@
+"""Small requests: single-digest SignBatch calls against the daemon, with and without coalescing.
+
+One run, one machine, one token, mutual TLS as in production. Two daemons are set up side by
+side, one with ``[hsm] coalesce = true`` (the default) and one with ``false``; while one is
+measured the other is frozen (SIGSTOP), and the phases alternate for ``--rounds`` rounds so
+that drift in a shared machine's speed hits both alike. The load comes from separate client
+processes (``grpc.aio``, many calls in flight per process), so the client is not the
+bottleneck of the daemon it measures.
+
+Printed per number of requests in flight (1, 16, 64): requests/s, p50 and p99 latency with and
+without coalescing, and the ratio of signatures/s to the raw ceiling (N processes signing in a
+python-pkcs11 loop, no IPC, no gRPC, no audit: what the HSM gives from Python). Then:
+
+* mixed sizes: the p99 of single-digest calls (16 in flight) while two clients send batches of
+  1000, over the p99 without them (target <= 5);
+* idle streams: the p99 of one identity's single-digest calls while another identity holds 64
+  idle SignStreams open, over the p99 without them (target about 1).
+
+Run: ``.venv/bin/python benchmarks/small_requests.py`` (about three minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from throughput import frozen, raw_ceiling  # noqa: E402
+
+from tests.conftest import Appliance, new_appliance  # noqa: E402
+
+PROFILE = "vaccination"
+OPTIONS = [("grpc.ssl_target_name_override", "localhost")]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The PEM files of one client certificate and of the CA that issued the server's."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def identity(appliance: Appliance, name: str) -> Identity:
+    """A dev identity made by dev-setup (``issuer``) or a new one from the dev client CA."""
+    assert appliance.tls_dir is not None
+    tls = appliance.tls_dir
+    ca = (tls / "ca.pem").read_bytes()
+    if (tls / f"{name}.pem").exists():
+        return Identity(ca, (tls / f"{name}.pem").read_bytes(), (tls / f"{name}.key").read_bytes())
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca)
+    ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return Identity(ca, cert.public_bytes(serialization.Encoding.PEM), pem)
+
+
+def _client(
+    address: str,
+    who: Identity,
+    batch: int,
+    in_flight: int,
+    start_at: float,
+    seconds: float,
+    idle_streams: int,
+    tag: int,
+    out: Any,
+) -> None:
+    """One client process: ``in_flight`` calls at a time; latencies of calls inside the window."""
+    import grpc
+
+    from signer.v1 import signing_pb2, signing_pb2_grpc
+
+    async def run() -> tuple[int, list[float], int]:
+        credentials = grpc.ssl_channel_credentials(who.ca, who.key, who.cert)
+        async with grpc.aio.secure_channel(address, credentials, options=OPTIONS) as channel:
+            stub = signing_pb2_grpc.SigningStub(channel)  # type: ignore[no-untyped-call]
+            kid = (await stub.GetSigningKey(signing_pb2.GetSigningKeyRequest(profile=PROFILE))).kid
+            streams = [stub.SignStream() for _ in range(idle_streams)]
+            for stream in streams:
+                await stream.wait_for_connection()
+            latencies: list[float] = []
+            errors = 0
+            stop_at = start_at + seconds
+
+            async def loop() -> None:
+                nonlocal errors
+                while time.time() < start_at:
+                    await asyncio.sleep(0.001)
+                while (began := time.time()) < stop_at:
+                    request = signing_pb2.SignBatchRequest(
+                        profile=PROFILE, kid=kid, packed_digests=os.urandom(32 * batch)
+                    )
+                    try:
+                        await stub.SignBatch(request, timeout=30)
+                    except grpc.RpcError:
+                        errors += 1
+                        continue
+                    if time.time() <= stop_at:
+                        latencies.append(time.time() - began)
+
+            if in_flight:
+                await asyncio.gather(*(loop() for _ in range(in_flight)))
+            else:
+                await asyncio.sleep(max(0.0, stop_at - time.time()))
+            for stream in streams:
+                stream.cancel()
+            return len(latencies), latencies, errors
+
+    out.put((tag, asyncio.run(run())))
+
+
+@dataclass(frozen=True)
+class Load:
+    """What client processes send: ``in_flight`` calls of ``batch`` digests, over ``processes``."""
+
+    in_flight: int
+    batch: int = 1
+    who: str = "issuer"
+    idle_streams: int = 0
+
+    def processes(self) -> int:
+        return 1 if self.in_flight <= 4 else 2
+
+
+@dataclass(frozen=True)
+class Result:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def measure(appliance: Appliance, loads: list[Load], seconds: float) -> list[Result]:
+    """Run the loads at once against ``appliance``; one result per load."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 2.5
+    procs = []
+    for number, load in enumerate(loads):
+        who = identity(appliance, load.who)
+        parts = load.processes() if load.in_flight else 1
+        for part in range(parts):
+            share = load.in_flight // parts + (1 if part < load.in_flight % parts else 0)
+            streams = load.idle_streams if part == 0 else 0
+            args = (appliance.address, who, load.batch, share, start_at, seconds, streams, number)
+            procs.append((number, ctx.Process(target=_client, args=(*args, queue))))
+    for _, proc in procs:
+        proc.start()
+    gathered: dict[int, list[tuple[int, list[float], int]]] = {}
+    for _ in procs:
+        number, outcome = queue.get(timeout=seconds + 120)
+        gathered.setdefault(number, []).append(outcome)
+    for _, proc in procs:
+        proc.join()
+    results = []
+    for number in range(len(loads)):
+        shares = gathered.get(number, [])
+        latencies = sorted(x for _, lat, _ in shares for x in lat)
+        count = sum(n for n, _, _ in shares)
+        errors = sum(e for _, _, e in shares)
+        if len(latencies) < 2:
+            results.append(Result(count / seconds, 0.0, 0.0, errors))
+            continue
+        q = statistics.quantiles(latencies, n=100)
+        results.append(Result(count / seconds, q[49] * 1000, q[98] * 1000, errors))
+    return results
+
+
+def _only(appliance: Appliance, load: Load, seconds: float) -> Result:
+    return measure(appliance, [load], seconds)[0]
+
+
+@contextlib.contextmanager
+def daemons(home: Path, workers: int) -> Iterator[tuple[Appliance, Appliance]]:
+    common = {
+        "hsm": {"workers": workers},
+        "keys": {"refresh_seconds": 2},
+        "audit": {"checkpoint_every_seconds": 60, "checkpoint_every_records": 10_000},
+        "roles": {"issuer": ["CN=issuer", "CN=second"]},
+    }
+    on = new_appliance(home / "coalesce", common, mtls=True)
+    off = new_appliance(
+        home / "separate", {**common, "hsm": {"workers": workers, "coalesce": False}}, mtls=True
+    )
+    try:
+        for appliance in (on, off):
+            appliance.setup()
+            appliance.start()
+        yield on, off
+    finally:
+        on.stop()
+        off.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one phase")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.platform()}; {time.strftime('%Y-%m-%d')}"
+    )
+    levels = (1, 16, 64)
+    runs: dict[tuple[str, int], list[Result]] = {}
+    raw: list[float] = []
+    mixed: list[tuple[float, float]] = []
+    idle: list[tuple[float, float]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="signer-small-") as tmp,
+        daemons(Path(tmp), args.workers) as (on, off),
+    ):
+        for n in range(args.rounds):
+            with frozen(on, off):
+                raw.append(raw_ceiling(on, args.workers, args.seconds))
+            for level in levels:
+                for name, daemon, other in (("on", on, off), ("off", off, on)):
+                    with frozen(other):
+                        runs.setdefault((name, level), []).append(
+                            _only(daemon, Load(level), args.seconds)
+                        )
+            with frozen(off):
+                alone = _only(on, Load(16), args.seconds)
+                [small, _] = measure(on, [Load(16), Load(2, batch=1000)], args.seconds)
+                mixed.append((alone.p99_ms, small.p99_ms))
+                quiet = _only(on, Load(1, who="second"), args.seconds)
+                [busy, _] = measure(
+                    on, [Load(1, who="second"), Load(0, idle_streams=64)], args.seconds
+                )
+                idle.append((quiet.p99_ms, busy.p99_ms))
+            print(
+                f"round {n + 1}: raw {raw[-1]:,.0f} sig/s; "
+                + "; ".join(
+                    f"{level} in flight: {runs[('on', level)][-1].requests_per_s:,.0f} / "
+                    f"{runs[('off', level)][-1].requests_per_s:,.0f} req/s (on/off)"
+                    for level in levels
+                )
+            )
+    ceiling = statistics.median(raw)
+    print(f"\nraw python-pkcs11 ceiling, {args.workers} processes: {ceiling:,.0f} sig/s (median)")
+    print(f"medians of {args.rounds} rounds of {args.seconds:g} s, batch 1, mutual TLS, audit on")
+    print(
+        f"{'in flight':>9} | {'coalesce req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | "
+        f"{'separate req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'on/raw':>7} {'on/off':>6}"
+    )
+    for level in levels:
+        a = runs[("on", level)]
+        b = runs[("off", level)]
+        ra = statistics.median(r.requests_per_s for r in a)
+        rb = statistics.median(r.requests_per_s for r in b)
+        print(
+            f"{level:>9} | {ra:>14,.0f} {statistics.median(r.p50_ms for r in a):>7.2f} "
+            f"{statistics.median(r.p99_ms for r in a):>7.2f} | {rb:>14,.0f} "
+            f"{statistics.median(r.p50_ms for r in b):>7.2f} "
+            f"{statistics.median(r.p99_ms for r in b):>7.2f} | {ra / ceiling:>7.3f} "
+            f"{ra / rb if rb else 0:>6.2f}"
+        )
+        errors = sum(r.errors for r in a) + sum(r.errors for r in b)
+        if errors:
+            print(f"          ({errors} failed calls)")
+    mixed_ratio = statistics.median(busy / alone for alone, busy in mixed if alone)
+    idle_ratio = statistics.median(busy / quiet for quiet, busy in idle if quiet)
+    print(
+        f"mixed sizes: batch-1 p99 with two batch-1000 clients / without = {mixed_ratio:.2f}"
+        f" (p99 {statistics.median(b for _, b in mixed):.2f} ms vs"
+        f" {statistics.median(a for a, _ in mixed):.2f} ms; target <= 5)"
+    )
+    print(
+        f"idle streams: p99 of another identity with 64 idle SignStreams open / without ="
+        f" {idle_ratio:.2f} (p99 {statistics.median(b for _, b in idle):.2f} ms vs"
+        f" {statistics.median(a for a, _ in idle):.2f} ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
