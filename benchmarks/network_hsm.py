@@ -8,9 +8,12 @@ front of SoftHSM: a stand-in for an HSM on the network. Side by side, in alterna
   (a) the daemon with ``workers = <cores>`` (the old default, one per core), and
   (b) the daemon with ``workers = "auto"`` (sized at start from a measured sign round trip),
 
-both at batch 1000 with ``--clients x --threads`` requests in flight, audit on. Then (c)
-PKCS#11 calls per signature, counted by OpenSC's pkcs11-spy in front of the client module:
-signer's signing path against python-pkcs11's own ``sign()``.
+both at batch 1000 with ``--clients x --threads`` requests in flight, audit on. With
+``--unscaled-jobs`` a third phase (b') runs ``workers = "auto"`` with ``[hsm] chunk_digests``
+raised so that its jobs are as large as one worker per core gets (the pool normally cuts them
+in proportion to its size). Then (c) PKCS#11 calls per signature, counted by OpenSC's
+pkcs11-spy in front of the client module: signer's signing path against python-pkcs11's own
+``sign()``.
 
 The last line is ``ratio=<b/a> auto_sig_s=<b> fixed_sig_s=<a> auto_workers=<n>
 calls_per_signature=<c>`` (issue 11's target: ratio >= 4 at 1 ms per call).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import math
 import multiprocessing
 import os
 import platform
@@ -102,15 +106,20 @@ def throughput(appliance: Appliance, clients: int, threads: int, seconds: float)
     return sum(count for count, _ in answers) / max(elapsed for _, elapsed in answers)
 
 
-def remote_config(appliance: Appliance, address: str, workers: int | str) -> None:
-    """Point the appliance at p11-kit's client module and the relay, with ``workers``."""
+def remote_config(
+    appliance: Appliance, address: str, workers: int | str, chunk_digests: int | None = None
+) -> None:
+    """Point the appliance at p11-kit's client module and the relay, with ``workers`` (and
+    ``chunk_digests`` when given, else the default)."""
     config = dict(appliance.config)
-    hsm = {k: v for k, v in config["hsm"].items() if k != "softhsm_conf"}
+    hsm = {k: v for k, v in config["hsm"].items() if k not in ("softhsm_conf", "chunk_digests")}
     hsm.update(
         module=str(p11kit_client_module()),
         workers=workers,
         environment={"P11_KIT_SERVER_ADDRESS": address},
     )
+    if chunk_digests is not None:
+        hsm["chunk_digests"] = chunk_digests
     config["hsm"] = hsm
     appliance.config = config
     appliance.config_path.write_text(render_toml(config))
@@ -119,6 +128,12 @@ def remote_config(appliance: Appliance, address: str, workers: int | str) -> Non
 def started_workers(log: str) -> int:
     """How many workers the daemon said it serves with."""
     found = re.findall(r"serving on \S+ with (\d+) HSM workers", log)
+    return int(found[-1]) if found else 0
+
+
+def job_size(log: str) -> int:
+    """The most digests per job the daemon said it uses (0 when it did not measure)."""
+    found = re.findall(r"jobs of at most (\d+) digests", log)
     return int(found[-1]) if found else 0
 
 
@@ -229,6 +244,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--threads", type=int, default=4, help="in-flight requests per client")
+    parser.add_argument(
+        "--unscaled-jobs",
+        action="store_true",
+        help='also run workers = "auto" with jobs as large as one worker per core gets',
+    )
     args = parser.parse_args()
 
     print(
@@ -238,7 +258,9 @@ def main() -> int:
     )
     fixed: list[float] = []
     auto: list[float] = []
+    unscaled: list[float] = []
     auto_workers = 0
+    jobs = {"fixed": 0, "auto": 0, "unscaled": 0}
     with tempfile.TemporaryDirectory(prefix="signer-nethsm-") as tmp:
         home = Path(tmp)
         appliance = new_appliance(
@@ -264,26 +286,45 @@ def main() -> int:
                 f"one worker: {direct * 1e3:.2f} ms per signature straight to the p11-kit server,"
                 f" {relayed * 1e3:.2f} ms through the relay: {added * 1e3:.2f} ms added per call"
             )
+            chunk_digests = direct_hsm.chunk_digests
+            cores = os.cpu_count() or 1
             for n in range(args.rounds):
-                for workers, results in ((args.fixed_workers, fixed), ("auto", auto)):
-                    remote_config(appliance, address, workers)
+                phases: list[tuple[str, int | str, list[float]]] = [
+                    ("fixed", args.fixed_workers, fixed),
+                    ("auto", "auto", auto),
+                ]
+                if args.unscaled_jobs:
+                    phases.append(("unscaled", "auto", unscaled))
+                for phase, workers, results in phases:
+                    # (b') raises chunk_digests so that the pool's own cut leaves jobs of
+                    # chunk_digests digests, as one worker per core gets.
+                    raised = (
+                        math.ceil(chunk_digests * max(auto_workers, cores) / cores)
+                        if phase == "unscaled"
+                        else None
+                    )
+                    remote_config(appliance, address, workers, raised)
                     appliance.start()
                     appliance.wait_serving(timeout=300)
                     try:
                         results.append(
                             throughput(appliance, args.clients, args.threads, args.seconds)
                         )
-                        if workers == "auto":
+                        if phase == "auto":
                             auto_workers = started_workers(appliance.log())
+                        jobs[phase] = job_size(appliance.log())
                         for line in appliance.log().splitlines():
                             if "HSM:" in line:
                                 print("   ", line.split(": ", 1)[-1])
                     finally:
                         appliance.stop()
-                print(
+                line = (
                     f"round {n + 1}: (a) workers = {args.fixed_workers}: {fixed[-1]:,.0f} sig/s"
                     f"  (b) workers = auto ({auto_workers} started): {auto[-1]:,.0f} sig/s"
                 )
+                if args.unscaled_jobs:
+                    line += f"  (b') jobs of {jobs['unscaled']}: {unscaled[-1]:,.0f} sig/s"
+                print(line)
             settings = load(appliance.config_path)
             ours = signer_calls_per_signature(settings.hsm, home / "spy-signer.log")
             theirs = python_pkcs11_calls_per_signature(
@@ -295,8 +336,19 @@ def main() -> int:
             server.stop()
 
     a, b = statistics.median(fixed), statistics.median(auto)
-    print(f"(a) workers = {args.fixed_workers} (one per core): {a:,.0f} sig/s (median)")
-    print(f'(b) workers = "auto" ({auto_workers} workers): {b:,.0f} sig/s (median)')
+    print(
+        f"(a) workers = {args.fixed_workers} (one per core), jobs of {jobs['fixed']}:"
+        f" {a:,.0f} sig/s (median)"
+    )
+    print(
+        f'(b) workers = "auto" ({auto_workers} workers), jobs of {jobs["auto"]}:'
+        f" {b:,.0f} sig/s (median)"
+    )
+    if unscaled:
+        print(
+            f'(b\') workers = "auto", jobs of {jobs["unscaled"]}:'
+            f" {statistics.median(unscaled):,.0f} sig/s (median)"
+        )
     print(f"(c) PKCS#11 calls per signature: signer {ours:.2f}, python-pkcs11 sign() {theirs:.2f}")
     print(
         f"ratio={b / a:.2f} auto_sig_s={b:.0f} fixed_sig_s={a:.0f} auto_workers={auto_workers}"

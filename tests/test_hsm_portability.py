@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 import subprocess
@@ -270,6 +271,8 @@ def test_workers_auto_follows_the_measured_round_trip(
         key_id = token.key_id_by_label(hsm.audit_key_label)
         batch = [os.urandom(32) for _ in range(200)]
         assert len(token.sign(key_id, batch, SignatureEncoding.RAW)) == 200
+        # The batch went out in jobs of the planned size, not of [hsm] chunk_digests.
+        assert pool.sign_jobs == math.ceil(200 / expected.chunk)
     finally:
         pool.close()
 

@@ -14,9 +14,10 @@ use the blocking methods (:meth:`run`, :meth:`broadcast`, :meth:`sign_blocking`)
 uses :meth:`sign_soon` and :meth:`call`.
 
 Signing requests wait in a :class:`~signer.hsm.jobs.SignQueue` in the front end and reach a
-worker in jobs of at most ``[hsm] chunk_digests`` digests, at most :data:`DEPTH` at a time per
-worker: small requests are not stuck behind queued large batches, concurrent small requests for
-one key share a job, and a worker always has its next job waiting in its pipe.
+worker in jobs of at most :attr:`WorkerPool.chunk` digests (``[hsm] chunk_digests``, cut in
+proportion in a pool of more workers than cores), at most :data:`DEPTH` at a time per worker:
+small requests are not stuck behind queued large batches, concurrent small requests for one key
+share a job, and a worker always has its next job waiting in its pipe.
 
 The first worker's start is retried with backoff while the HSM is unavailable; unless the pool
 was given its size, that worker also measures the module (:mod:`signer.hsm.calibrate`), which
