@@ -5,7 +5,9 @@
 #   ./softhsm_setup.sh               system packages, .venv, dev token, keys and certificates
 #   ./softhsm_setup.sh --test-tools  the same, plus the tools the test suite calls
 #                                    (zbarimg to decode QR codes, promtool to lint metrics/rules,
-#                                    PostgreSQL's initdb/pg_ctl for the record-store tests)
+#                                    PostgreSQL's initdb/pg_ctl for the record-store tests,
+#                                    p11-kit's server and remote client for `make test-p11kit`,
+#                                    OpenSC's pkcs11-spy to count PKCS#11 calls)
 #
 # PINs are generated into data/secrets/ (mode 600) and never printed or passed on a command line.
 set -euo pipefail
@@ -47,6 +49,9 @@ if [ "$TEST_TOOLS" -eq 1 ]; then
   command -v zbarimg >/dev/null || need+=(zbar-tools)
   command -v promtool >/dev/null || need+=(prometheus)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+  command -v p11-kit >/dev/null || need+=(p11-kit)
+  compgen -G '/usr/lib/*/pkcs11/p11-kit-client.so' >/dev/null || need+=(p11-kit-modules)
+  compgen -G '/usr/lib/*/pkcs11/pkcs11-spy.so' >/dev/null || need+=(opensc-pkcs11)
 fi
 apt_install "${need[@]+"${need[@]}"}"
 for service in prometheus postgresql; do

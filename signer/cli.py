@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev_issue.set_defaults(func=_dev_issue_cert)
     _add_publishing(key_commands)
 
+    hsm = commands.add_parser("hsm", help="check a PKCS#11 module before the first ceremony")
+    hsm_commands = command_group(hsm, "hsm commands")
+    probe = hsm_commands.add_parser(
+        "probe",
+        help="try every PKCS#11 operation signer needs on the configured token (scratch keys,"
+        " removed after); exit 0 only when the module can run signer",
+    )
+    probe.add_argument("--config", type=Path, required=True, help="signer TOML config")
+    probe.set_defaults(func=_hsm_probe)
+
     health_cli.add_command(commands)
 
     audit = commands.add_parser(
@@ -233,6 +243,23 @@ def _dev_issue_cert(args: argparse.Namespace) -> int:
     der = issue_dev_certificate(load(args.config), args.key_id, timedelta(days=args.days))
     args.out.write_bytes(certificate_pem(der))
     note(f"the dev CSCA issued a DSC for key {args.key_id}: {args.out}")
+    return ExitCode.OK
+
+
+def _hsm_probe(args: argparse.Namespace) -> int:
+    from signer.errors import HsmError
+    from signer.hsm.probe import probe
+    from signer.hsm.probe_report import render
+
+    settings = load(args.config)
+    configure_logging(settings.log)
+    report = probe(settings.hsm)
+    print(render(report), end="", flush=True)
+    if not report.can_run_signer:
+        raise HsmError(
+            f"the PKCS#11 module {report.module} cannot run signer: it lacks"
+            f" {', '.join(report.missing)} (see the table above)"
+        )
     return ExitCode.OK
 
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
-from signer.errors import ConfigError, SignerError
+from signer.errors import ConfigError, SignerError, StoreUnavailable
 
 PREFIX = "signer: "
 MAX_MESSAGE_CHARS = 500
@@ -36,7 +36,8 @@ class ExitCode(IntEnum):
     # A check passed but found something an operator must look at: `audit verify` on an
     # intact log that records a repair which cut records (log_repaired).
     FINDING = 3
-    # EX_UNAVAILABLE: the daemon cannot be reached or answered UNAVAILABLE/DEADLINE_EXCEEDED.
+    # EX_UNAVAILABLE: the daemon cannot be reached or answered UNAVAILABLE/DEADLINE_EXCEEDED,
+    # or the record store cannot be reached (``signer serve`` at start, local tools).
     UNAVAILABLE = 69
     # EX_CONFIG: the configuration file or a file it names is unusable (systemd need not
     # restart a daemon whose configuration is wrong).
@@ -93,6 +94,9 @@ def failure(error: BaseException) -> Failure:
         return Failure(ExitCode.USAGE, bounded(str(error)))
     if isinstance(error, ConfigError):
         return Failure(ExitCode.CONFIG, bounded(str(error)))
+    if isinstance(error, StoreUnavailable):
+        # The store's message names its address; systemd restarts a daemon that exits 69.
+        return Failure(ExitCode.UNAVAILABLE, bounded(str(error)))
     if isinstance(error, SignerError):
         return Failure(ExitCode.REFUSED, bounded(str(error)))
     if isinstance(error, OSError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from signer.errors import ConfigError
 from signer.identity import normalise
@@ -44,6 +44,9 @@ _FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _PERSON = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+AUTO: Literal["auto"] = "auto"
+# Variables that would change how signer itself runs, not how the PKCS#11 module finds its HSM.
+_RESERVED_ENVIRONMENT = re.compile(r"(LD_|PYTHON|DYLD_).*|PATH|HOME|SOFTHSM2_CONF")
 _SHOWN_CHARS = 60
 _HIDDEN = object()
 
@@ -82,34 +85,49 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class HsmSettings:
-    """Where the PKCS#11 module, the token and the PIN are."""
+    """Where the PKCS#11 module, the token and the PIN are, and how signer uses the module."""
 
     module: Path
     token_label: str
     pin_file: Path | None = None
     pin_env: str | None = None
-    workers: int = 0
+    workers: int | Literal["auto"] = AUTO
+    """Signing worker processes: a number, 0 for one per core, or "auto" (measured at start)."""
+    max_workers: int = 32
+    """Upper bound for ``workers = "auto"``: keep it within the HSM's session limit."""
     softhsm_conf: Path | None = None
+    vendor_environment: tuple[tuple[str, str], ...] = ()
+    """``[hsm.environment]``: variables the vendor's module reads (name, value)."""
     audit_key_label: str = "signer-audit"
     csca_key_label: str = "dev-csca"
     upload_key_label: str = "signer-upload"
     """The key that signs what the country publishes (DCC Gateway NB_UP): upload packages of
     DSCs and signed trust lists. Generated in the HSM like every other key."""
-    copy_keys_to_session: bool = True
+    copy_keys_to_session: bool | Literal["auto"] = AUTO
+    """Sign from a session copy of each key where the module supports C_CopyObject."""
+    key_id_bytes: int = 8
+    """Length of the random CKA_ID signer asks for; 0 lets the module choose it."""
     timeout_seconds: float = 30.0
     chunk_digests: int = 128
-    """Most digests in one worker job: large batches are cut, small requests share one."""
+    """Most digests in one worker job while the pool has one worker per core: large batches
+    are cut, small requests share one. A larger pool (a network HSM) cuts its jobs in
+    proportion (:func:`signer.hsm.sizing.job_digests`)."""
     coalesce: bool = True
     """Concurrent small requests for one key that wait together share a worker job."""
 
     @property
     def worker_count(self) -> int:
-        """Number of signing worker processes (0 in the file means one per core)."""
-        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+        """Signing worker processes before any measurement: the number configured, or one per
+        core for 0 and for "auto" (which may add more once it measured the HSM)."""
+        if isinstance(self.workers, int) and self.workers > 0:
+            return self.workers
+        return os.cpu_count() or 1
 
     def environment(self) -> dict[str, str]:
         """Environment variables the PKCS#11 module needs in worker processes."""
-        return {"SOFTHSM2_CONF": str(self.softhsm_conf)} if self.softhsm_conf else {}
+        variables = {"SOFTHSM2_CONF": str(self.softhsm_conf)} if self.softhsm_conf else {}
+        variables.update(self.vendor_environment)
+        return variables
 
 
 @dataclass(frozen=True)
@@ -544,6 +562,26 @@ class _Reader:
         value: bool | None = self._get(key, bool, None)
         return value
 
+    def flag_or_auto(self, key: str) -> bool | Literal["auto"] | None:
+        """true, false or "auto"."""
+        if isinstance(self._data.get(key), str):
+            value = self._get(key, str, None)
+            if value == AUTO:
+                return AUTO
+            self.problem(key, 'must be true, false or "auto"', value)
+            return None
+        return self.flag(key)
+
+    def whole_or_auto(self, key: str, minimum: int, maximum: int) -> int | Literal["auto"] | None:
+        """An integer in range, or "auto"."""
+        if isinstance(self._data.get(key), str):
+            value = self._get(key, str, None)
+            if value == AUTO:
+                return AUTO
+            self.problem(key, 'must be an integer or "auto"', value)
+            return None
+        return self.whole(key, minimum, maximum)
+
     def whole(self, key: str, minimum: int, maximum: int) -> int | None:
         value: int | None = self._get(key, int, None)
         if value is None or not self._in_range(key, value, value, minimum, maximum):
@@ -650,6 +688,7 @@ def _hsm(t: _Reader) -> HsmSettings:
     pin_problem = _pin_source_problem(pin_file, pin_env)
     if pin_problem and not t.reported("pin_file", "pin_env"):
         t.table_problem(pin_problem)
+    copy = t.flag_or_auto("copy_keys_to_session")
     return _build(
         HsmSettings,
         # Stand-ins when missing: the problem is recorded and these settings never returned.
@@ -657,16 +696,40 @@ def _hsm(t: _Reader) -> HsmSettings:
         token_label=token_label or "",
         pin_file=pin_file,
         pin_env=pin_env,
-        workers=t.whole("workers", 0, 256),
+        workers=t.whole_or_auto("workers", 0, 256),
+        max_workers=t.whole("max_workers", 1, 256),
         softhsm_conf=t.path("softhsm_conf"),
+        vendor_environment=_hsm_environment(t.table("environment"), pin_env),
         audit_key_label=t.text("audit_key_label", nonempty=True),
         csca_key_label=t.text("csca_key_label", nonempty=True),
         upload_key_label=t.text("upload_key_label", nonempty=True),
-        copy_keys_to_session=t.flag("copy_keys_to_session"),
+        copy_keys_to_session=copy,
+        key_id_bytes=t.whole("key_id_bytes", 0, 64),
         timeout_seconds=t.number("timeout_seconds", 0.1, _HOUR / _SECOND),
         chunk_digests=t.whole("chunk_digests", 1, 100_000),
         coalesce=t.flag("coalesce"),
     )
+
+
+def _hsm_environment(t: _Reader, pin_env: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``[hsm.environment]``: NAME = "value" pairs set for the module; values are never shown,
+    since a vendor variable may hold a path to a credential."""
+    pairs = []
+    for name in t.names():
+        value = t.text(name, show=False)
+        if not _ENV_NAME.fullmatch(name):
+            t.problem(name, "must be the name of an environment variable")
+        elif _RESERVED_ENVIRONMENT.fullmatch(name):
+            t.problem(
+                name,
+                "would change how signer runs, not how the module finds its HSM"
+                + ("; use [hsm] softhsm_conf" if name == "SOFTHSM2_CONF" else ""),
+            )
+        elif name == pin_env:
+            t.problem(name, "is pin_env: PINs may not be in the configuration")
+        elif value is not None:
+            pairs.append((name, value))
+    return tuple(pairs) or None
 
 
 def _keys(t: _Reader) -> KeySettings:

@@ -2,7 +2,9 @@
 
 Nothing here is mocked. ``make_appliance`` writes a config, runs ``signer dev-setup`` (token,
 audit key, dev CSCA, one active key per profile) and starts ``signer serve`` as a subprocess on
-free loopback ports; tests talk to it over gRPC like any client.
+free loopback ports; tests talk to it over gRPC like any client. The PKCS#11 module is SoftHSM2
+unless ``--pkcs11-remote`` or ``SIGNER_TEST_PKCS11_MODULE`` chooses another
+(:mod:`tests.hsm_modules`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,46 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.v1 import key_admin_pb2_grpc, signing_pb2, signing_pb2_grpc
+from tests.hsm_modules import (
+    SOFTHSM_MODULE,
+    ModuleUnderTest,
+    P11KitServer,
+    module_under_test,
+    provision,
+)
 from tests.tmp_retention import forget_earlier_runs  # noqa: F401 (session fixture, autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
-SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+TOKEN_LABEL = "signer-test"
+MODULE = ModuleUnderTest(SOFTHSM_MODULE)
+"""The module under test; ``pytest_configure`` sets it from the option and environment."""
+_SERVERS: list[P11KitServer] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pkcs11-remote",
+        action="store_true",
+        help="run the daemon through p11-kit's remote client module in front of SoftHSM"
+        " (a real p11-kit server per test token), as for a network HSM",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global MODULE
+    MODULE = module_under_test(bool(config.getoption("--pkcs11-remote")))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"PKCS#11 module under test: {MODULE.describe}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_p11kit_servers() -> Iterator[None]:
+    """Every p11-kit server a test started stops when the session ends."""
+    yield
+    for server in _SERVERS:
+        server.stop()
 
 
 def free_port() -> int:
@@ -88,6 +126,7 @@ class Appliance:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     channels: list[grpc.Channel] = field(default_factory=list)
+    p11kit: P11KitServer | None = None
 
     @property
     def address(self) -> str:
@@ -125,8 +164,19 @@ class Appliance:
             )
         return result
 
+    def provision(self) -> None:
+        """Make the token where dev-setup cannot (another module, p11-kit's server) and start
+        the p11-kit server in front of it."""
+        environment = provision(MODULE, self.home, TOKEN_LABEL)
+        if environment:
+            self.config = merge(self.config, {"hsm": {"environment": environment}})
+            self.config_path.write_text(render_toml(self.config))
+        if self.p11kit is not None and self.p11kit.process is None:
+            self.p11kit.start()
+
     def setup(self) -> None:
         """Create the token and keys the way softhsm_setup.sh does."""
+        self.provision()
         self.cli(
             "dev-setup",
             "--config",
@@ -286,6 +336,15 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def base_config(home: Path, port: int, metrics_port: int) -> dict[str, Any]:
+    hsm: dict[str, Any] = {
+        "module": str(MODULE.module),
+        "token_label": TOKEN_LABEL,
+        "pin_file": str(home / "secrets" / "user.pin"),
+        "workers": 2,
+        "timeout_seconds": 10,
+    }
+    if MODULE.module == SOFTHSM_MODULE:
+        hsm["softhsm_conf"] = str(home / "softhsm2.conf")
     return {
         "profiles": ["vaccination"],
         "server": {
@@ -293,14 +352,7 @@ def base_config(home: Path, port: int, metrics_port: int) -> dict[str, Any]:
             "max_batch": 10000,
             "tls": {"insecure_loopback": True},
         },
-        "hsm": {
-            "module": str(SOFTHSM_MODULE),
-            "token_label": "signer-test",
-            "pin_file": str(home / "secrets" / "user.pin"),
-            "softhsm_conf": str(home / "softhsm2.conf"),
-            "workers": 2,
-            "timeout_seconds": 10,
-        },
+        "hsm": hsm,
         "keys": {
             "country": "VN",
             "approvals_required": 1,
@@ -344,6 +396,8 @@ def new_appliance(
     """Write token config, PIN files and signer config under ``home`` (nothing started)."""
     if shutil.which("softhsm2-util") is None or not SOFTHSM_MODULE.exists():
         pytest.fail("SoftHSM2 is not installed: run ./softhsm_setup.sh (make test does)")
+    if not MODULE.module.exists():
+        pytest.fail(f"the PKCS#11 module under test {MODULE.module} does not exist")
     home.mkdir(parents=True, exist_ok=True)
     secrets_dir = home / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -359,12 +413,18 @@ def new_appliance(
             pin.chmod(0o600)
     port, metrics_port = free_port(), free_port()
     config = base_config(home, port, metrics_port)
+    server = None
+    if MODULE.remote:
+        server = P11KitServer(home, TOKEN_LABEL)
+        _SERVERS.append(server)
+        address = {"P11_KIT_SERVER_ADDRESS": server.address}
+        config = merge(config, {"hsm": {"environment": address}})
     if mtls:
         config = merge(config, mtls_overrides(home))
     config = merge(config, overrides or {})
     path = home / "signer.toml"
     path.write_text(render_toml(config))
-    return Appliance(home, path, config, port, metrics_port)
+    return Appliance(home, path, config, port, metrics_port, p11kit=server)
 
 
 MakeAppliance = Callable[..., Appliance]

@@ -30,7 +30,7 @@ from signer.cli_exit import (
     failure,
 )
 from signer.client import TlsFiles
-from signer.errors import AuditError, ConfigError, PolicyError
+from signer.errors import AuditError, ConfigError, PolicyError, StoreUnavailable
 from tests.conftest import (
     ROOT,
     Appliance,
@@ -70,6 +70,11 @@ def test_exit_code_values_are_the_documented_table() -> None:
         (ConfigError("/etc/signer.toml: [hsm] module missing"), ExitCode.CONFIG, "[hsm] module"),
         (PolicyError("activation refused: key k1 is pending"), ExitCode.REFUSED, "k1 is pending"),
         (AuditError("segment 3 is damaged"), ExitCode.REFUSED, "segment 3"),
+        (
+            StoreUnavailable("record store db.example:5432/signer failed: timeout"),
+            ExitCode.UNAVAILABLE,
+            "db.example:5432/signer",
+        ),
         (
             FileNotFoundError(2, "No such file or directory", "/tmp/dsc.pem"),
             ExitCode.USAGE,

@@ -458,3 +458,58 @@ def test_the_store_password_file_must_be_private_and_not_empty(tmp_path: Path) -
         read_store_password(password_file)
     with pytest.raises(ConfigError, match="does not exist"):
         read_store_password(tmp_path / "missing")
+
+
+def test_hsm_defaults_suit_any_module(tmp_path: Path) -> None:
+    hsm = load(config(tmp_path, MINIMAL)).hsm
+    assert hsm.workers == "auto" and hsm.chunk_digests == 128
+    assert hsm.copy_keys_to_session == "auto"
+    assert hsm.key_id_bytes == 8 and hsm.max_workers == 32
+    assert hsm.vendor_environment == ()
+
+
+def test_workers_chunks_copies_and_key_ids_take_numbers_or_auto(tmp_path: Path) -> None:
+    text = with_setting(
+        "hsm",
+        "workers = 12\nmax_workers = 64\nchunk_digests = 64\ncopy_keys_to_session = false\n"
+        "key_id_bytes = 0",
+    )
+    hsm = load(config(tmp_path, text)).hsm
+    assert (hsm.workers, hsm.max_workers, hsm.chunk_digests) == (12, 64, 64)
+    assert (hsm.copy_keys_to_session, hsm.key_id_bytes, hsm.worker_count) == (False, 0, 12)
+    assert problems(tmp_path, with_setting("hsm", 'workers = "many"')) == [
+        "[hsm.workers] must be an integer or \"auto\", got 'many'"
+    ]
+    assert problems(tmp_path, with_setting("hsm", 'copy_keys_to_session = "yes"')) == [
+        "[hsm.copy_keys_to_session] must be true, false or \"auto\", got 'yes'"
+    ]
+    assert problems(tmp_path, with_setting("hsm", "key_id_bytes = 65")) == [
+        "[hsm.key_id_bytes] must be <= 64, got 65"
+    ]
+    assert problems(tmp_path, with_setting("hsm", "chunk_digests = 0")) == [
+        "[hsm.chunk_digests] must be >= 1, got 0"
+    ]
+
+
+def test_hsm_environment_reaches_the_module_and_refuses_what_would_change_signer(
+    tmp_path: Path,
+) -> None:
+    text = MINIMAL + '[hsm.environment]\nP11_KIT_SERVER_ADDRESS = "unix:path=/run/p11"\n'
+    hsm = load(config(tmp_path, text)).hsm
+    assert hsm.environment() == {"P11_KIT_SERVER_ADDRESS": "unix:path=/run/p11"}
+    found = problems(
+        tmp_path,
+        MINIMAL.replace('pin_file = "pin"\n', 'pin_env = "SIGNER_PIN"\n')
+        + '[hsm.environment]\nLD_PRELOAD = "/tmp/x.so"\nSIGNER_PIN = "123456"\n'
+        + 'SOFTHSM2_CONF = "/etc/softhsm2.conf"\n"1BAD" = "x"\nNUMBER = 5\n',
+    )
+    assert found == [
+        "[hsm.environment.1BAD] must be the name of an environment variable",
+        "[hsm.environment.LD_PRELOAD] would change how signer runs, not how the module finds"
+        " its HSM",
+        "[hsm.environment.NUMBER] must be a string, got 5",
+        "[hsm.environment.SIGNER_PIN] is pin_env: PINs may not be in the configuration",
+        "[hsm.environment.SOFTHSM2_CONF] would change how signer runs, not how the module"
+        " finds its HSM; use [hsm] softhsm_conf",
+    ]
+    assert all("123456" not in line and "/tmp/x.so" not in line for line in found)

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from signer.dev.tls import ensure_dev_tls
-from tests.conftest import ROOT, SOFTHSM_MODULE, free_port, render_toml
+from tests.conftest import ROOT, free_port, render_toml
+from tests.hsm_modules import SOFTHSM_MODULE
 
 TOKEN = "signer-prod"
 INIT_TOKEN = """

@@ -9,82 +9,22 @@ changes) are ``CKO_DATA`` objects whose ``CKA_APPLICATION`` says what they hold 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import x509
-from pkcs11 import Attribute, CertificateType, KeyType, MechanismFlag, ObjectClass, Session
+from pkcs11 import Attribute, CertificateType, ObjectClass, Session
 from pkcs11.exceptions import ObjectHandleInvalid, PKCS11Error
 from pkcs11.types import Object, PrivateKey, PublicKey
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ec_public_key
 
-from signer.errors import HsmError, KeyNotFound
-from signer.hsm.api import GeneratedKey
-from signer.hsm.mechanisms import P256_CURVE_OID, private_key_template, public_key_template
+from signer.errors import KeyNotFound
+from signer.hsm.keygen import read_protection
 from signer.hsm.token import wrap_error
 from signer.store.api import conflict
 
-KEY_ID_BYTES = 8
 _GENERATION_BYTES = 8
 _LIST_TRIES = 5
-
-
-def new_key_id() -> bytes:
-    """A fresh random ``CKA_ID``."""
-    return os.urandom(KEY_ID_BYTES)
-
-
-def generate_ec_key(session: Session, label: str, key_id: bytes | None = None) -> GeneratedKey:
-    """Generate an EC P-256 key pair inside the token: sensitive, not extractable, sign only."""
-    cka_id = key_id or new_key_id()
-    try:
-        params = session.create_domain_parameters(
-            KeyType.EC,
-            {Attribute.EC_PARAMS: encode_named_curve_parameters(P256_CURVE_OID)},
-            local=True,
-        )
-        public, _ = params.generate_keypair(
-            id=cka_id,
-            label=label,
-            store=True,
-            capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-            public_template=public_key_template(label),
-            private_template=private_key_template(label),
-        )
-        spki = bytes(encode_ec_public_key(public))
-    except PKCS11Error as exc:
-        raise wrap_error(exc, f"generating key {label!r}") from None
-    weak = protection_problems(private_key_attributes(session, cka_id.hex()))
-    if weak:
-        destroy_key_pair(session, cka_id.hex())
-        raise HsmError(
-            f"the HSM made key {label!r} with {', '.join(weak)}; it was destroyed. signer needs"
-            " keys that are sensitive, never extractable and sign-only: check the module"
-        )
-    return GeneratedKey(key_id=cka_id.hex(), spki_der=spki)
-
-
-REQUIRED_PROTECTION: dict[str, bool] = {
-    "sensitive": True,
-    "extractable": False,
-    "always_sensitive": True,
-    "never_extractable": True,
-    "sign": True,
-    "decrypt": False,
-    "derive": False,
-    "unwrap": False,
-}
-"""Attribute values a private key must read back with, or signer refuses it."""
-
-
-def protection_problems(flags: dict[str, bool]) -> list[str]:
-    """The protection flags that differ from :data:`REQUIRED_PROTECTION` (pure)."""
-    return [
-        f"{name}={flags.get(name)}"
-        for name, wanted in REQUIRED_PROTECTION.items()
-        if flags.get(name) != wanted
-    ]
 
 
 def _find_one(session: Session, template: dict[Attribute, Any], what: str) -> Object:
@@ -140,21 +80,9 @@ def key_id_by_label(session: Session, label: str) -> str:
     return bytes(key[Attribute.ID]).hex()
 
 
-def private_key_attributes(session: Session, key_id: str) -> dict[str, bool]:
+def private_key_attributes(session: Session, key_id: str) -> dict[str, bool | None]:
     """The protection flags of a private key, read back from the HSM."""
-    key = private_key(session, key_id)
-    names = {
-        "sensitive": Attribute.SENSITIVE,
-        "extractable": Attribute.EXTRACTABLE,
-        "always_sensitive": Attribute.ALWAYS_SENSITIVE,
-        "never_extractable": Attribute.NEVER_EXTRACTABLE,
-        "sign": Attribute.SIGN,
-        "decrypt": Attribute.DECRYPT,
-        "derive": Attribute.DERIVE,
-        "unwrap": Attribute.UNWRAP,
-        "local": Attribute.LOCAL,
-    }
-    return {name: bool(key[attr]) for name, attr in names.items()}
+    return read_protection(private_key(session, key_id))
 
 
 def store_certificate(session: Session, key_id: str, label: str, der: bytes) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pkcs11 import Attribute, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from signer.sigformat import SHA256_DIGEST_BYTES, SignatureEncoding, raw_to_der
 
@@ -27,31 +27,43 @@ def encode_signature(raw: bytes, encoding: SignatureEncoding) -> bytes:
     return raw if encoding is SignatureEncoding.RAW else raw_to_der(raw)
 
 
-def private_key_template(label: str) -> dict[Attribute, Any]:
-    """A token private key that can only sign and can never leave the HSM."""
-    return {
+def private_key_template(label: str, cka_id: bytes | None) -> dict[Attribute, Any]:
+    """The minimal template of a token private key that can only sign and never leave the HSM.
+
+    Only what signer needs is sent: optional attributes set to false (SIGN_RECOVER, DECRYPT,
+    ...) make some modules' parsers reject the whole template (YubiHSM 2). What the module
+    made is read back and checked afterwards. Without ``cka_id`` the module chooses the id.
+    """
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.KEY_TYPE: KeyType.EC,
         Attribute.TOKEN: True,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.SIGN: True,
-        Attribute.DECRYPT: False,
-        Attribute.UNWRAP: False,
-        Attribute.DERIVE: False,
-        Attribute.SIGN_RECOVER: False,
         Attribute.LABEL: label,
     }
+    if cka_id:
+        template[Attribute.ID] = cka_id
+    return template
 
 
-def public_key_template(label: str) -> dict[Attribute, Any]:
-    """The matching public key: verify only."""
-    return {
+def public_key_template(label: str, cka_id: bytes | None, ec_params: bytes) -> dict[Attribute, Any]:
+    """The minimal template of the matching public key on the token: P-256, verify."""
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.KEY_TYPE: KeyType.EC,
+        Attribute.EC_PARAMS: ec_params,
         Attribute.TOKEN: True,
         Attribute.PRIVATE: False,
         Attribute.VERIFY: True,
-        Attribute.ENCRYPT: False,
-        Attribute.WRAP: False,
-        Attribute.DERIVE: False,
-        Attribute.VERIFY_RECOVER: False,
         Attribute.LABEL: label,
     }
+    if cka_id:
+        template[Attribute.ID] = cka_id
+    return template
+
+
+EXTRA_USAGES = (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE)
+"""Usages a module may turn on by default for a private key; signer switches them off."""

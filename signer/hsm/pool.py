@@ -14,9 +14,16 @@ use the blocking methods (:meth:`run`, :meth:`broadcast`, :meth:`sign_blocking`)
 uses :meth:`sign_soon` and :meth:`call`.
 
 Signing requests wait in a :class:`~signer.hsm.jobs.SignQueue` in the front end and reach a
-worker in jobs of at most ``[hsm] chunk_digests`` digests, at most :data:`DEPTH` at a time per
-worker: small requests are not stuck behind queued large batches, concurrent small requests for
-one key share a job, and a worker always has its next job waiting in its pipe.
+worker in jobs of at most :attr:`WorkerPool.chunk` digests (``[hsm] chunk_digests``, cut in
+proportion in a pool of more workers than cores), at most :data:`DEPTH` at a time per worker:
+small requests are not stuck behind queued large batches, concurrent small requests for one key
+share a job, and a worker always has its next job waiting in its pipe.
+
+The first worker's start is retried with backoff while the HSM is unavailable; unless the pool
+was given its size, that worker also measures the module (:mod:`signer.hsm.calibrate`), which
+sizes the pool and its jobs (:func:`signer.hsm.sizing.plan_pool`) and settles whether workers
+sign from session copies of their keys. Later workers that cannot start leave the pool degraded
+while they are started again in the background.
 
 A worker that dies is replaced; a job that may be retried is dispatched once more to another
 worker, and fails with :class:`HsmUnavailable` when that is not possible. A worker that sits on
@@ -38,21 +45,25 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from signer.config import HsmSettings
-from signer.errors import HsmError, HsmUnavailable, SignerError
+from signer.errors import ConfigError, HsmError, HsmUnavailable, SignerError
+from signer.hsm.calibrate import Calibration
 from signer.hsm.jobs import Done, Part, SignQueue, SignRequest, deliver, job_digests
 from signer.hsm.session import TokenSession, call_name
-from signer.hsm.worker import READY, worker_main
+from signer.hsm.sizing import PoolPlan, plan_pool
+from signer.hsm.worker import READY, WorkerStarted, worker_main
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+START_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
+"""Pauses between the attempts to start the first worker: a transient login error is retried."""
 DEPTH = 2
 """Signing jobs a worker holds at once: the one it signs and the next, waiting in its pipe."""
 SWEEP_SECONDS = 0.05
@@ -208,18 +219,28 @@ class WorkerPool:
         coalesce: bool | None = None,
     ) -> None:
         self._settings = settings
+        # A pool of a given size (set-up, tools) neither measures nor resizes itself.
+        self._sized = count is None
         self._count = count or settings.worker_count
+        self._chunk = chunk
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * self._count
         self._job_ids = itertools.count(1)
+        self.plan: PoolPlan = plan_pool(
+            None, os.cpu_count() or 1, self._count, settings.max_workers, settings.chunk_digests
+        )
+        """Workers and job size: as configured until the first worker measured the module."""
+        self.calibration: Calibration | None = None
+        """What the first worker measured (None for a pool of a given size, or before)."""
         self._queue = SignQueue(
-            chunk or settings.chunk_digests,
+            chunk or self.plan.chunk,
             settings.coalesce if coalesce is None else coalesce,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._own: _LoopThread | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._restarting: set[asyncio.Task[None]] = set()
         self._closing = False
         self.restarts = 0
         self.sign_jobs = 0
@@ -228,8 +249,18 @@ class WorkerPool:
 
     @property
     def size(self) -> int:
-        """Configured number of workers."""
+        """Number of workers the pool runs when whole (configured, or sized at start)."""
         return self._count
+
+    @property
+    def chunk(self) -> int:
+        """Most digests in one signing job (see :func:`signer.hsm.sizing.job_digests`)."""
+        return self._queue.chunk
+
+    @property
+    def degraded(self) -> bool:
+        """True while fewer workers run than the pool should have (some are being recovered)."""
+        return self.workers_up < self._count
 
     @property
     def workers_up(self) -> int:
@@ -249,18 +280,100 @@ class WorkerPool:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Start every worker on the running loop and wait until each has logged in."""
+        """Start the workers on the running loop; the first measures the HSM when the pool
+        sizes itself.
+
+        The first worker's start is retried with backoff while the HSM is unavailable, and
+        raises when it still cannot start (at once when the HSM or the configuration refuses:
+        a wrong PIN is not tried again). A later worker that cannot start leaves the pool
+        degraded: it serves with the others and keeps starting the missing ones in the
+        background.
+        """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        missing: list[int] = []
         try:
+            await self._start_first()
             # One after the other: SoftHSM processes starting at the same moment have been
             # seen to read a token directory another one was writing, and find no token.
-            for index in range(self._count):
-                await self._start_worker(index)
+            for index in range(1, self._count):
+                try:
+                    await self._start_worker(index)
+                except ConfigError:
+                    raise
+                except SignerError as exc:
+                    # The first worker logged in with the same settings: the HSM's trouble.
+                    missing.append(index)
+                    failure = exc
         except BaseException:
             await self.aclose()
             raise
         self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+        if missing:
+            log.warning(
+                "HSM: %d of %d workers could not start (%s); serving degraded with %d while"
+                " they are started again in the background",
+                len(missing),
+                self._count,
+                failure,
+                self.workers_up,
+            )
+            for index in missing:
+                self._restart_soon(index)
+
+    async def _start_first(self) -> None:
+        """Start worker 0, retrying with backoff while the HSM is unavailable, and apply what
+        it measured."""
+        for pause in (*START_BACKOFF_SECONDS, None):
+            try:
+                found = await self._start_worker(0, measure=self._sized)
+            except HsmUnavailable as exc:
+                if pause is None or self._closing:
+                    raise
+                log.warning("HSM worker 0: %s; trying again in %g s", exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            if found is not None:
+                self._apply(found)
+            return
+
+    def _apply(self, found: Calibration) -> None:
+        """Size the pool and its jobs from the first worker's measurement and settle
+        C_CopyObject (before any other worker starts)."""
+        s = self._settings
+        self.calibration = found
+        if found.problem:
+            log.warning(
+                "HSM: could not measure the module (%s); sizing as configured", found.problem
+            )
+        if found.copy_supported is False and s.copy_keys_to_session is not False:
+            log.log(
+                logging.WARNING if s.copy_keys_to_session is True else logging.INFO,
+                "PKCS#11 module %s cannot copy keys into a session (C_CopyObject): workers"
+                " sign from the token keys; set [hsm] copy_keys_to_session = false to skip the"
+                " attempt",
+                s.module,
+            )
+            self._settings = replace(s, copy_keys_to_session=False)
+        cores = os.cpu_count() or 1
+        self.plan = plan_pool(found.timing, cores, s.workers, s.max_workers, s.chunk_digests)
+        if self._chunk is None:
+            self._queue.chunk = self.plan.chunk
+        if self.plan.warning:
+            log.warning("HSM: %s", self.plan.warning)
+        if found.timing is not None:
+            log.info(
+                "HSM: %.3f ms per signature, %.3f ms of it CPU here: %d workers (%d would keep"
+                " the cores busy), jobs of at most %d digests",
+                found.timing.wall * 1e3,
+                found.timing.cpu * 1e3,
+                self.plan.workers,
+                self.plan.wanted,
+                self._queue.chunk,
+            )
+        if self.plan.workers != self._count:
+            self._count = self.plan.workers
+            self._workers = (self._workers + [None] * self._count)[: self._count]
 
     def start(self) -> None:
         """Start the workers on a private event loop (for use outside the daemon)."""
@@ -277,6 +390,8 @@ class WorkerPool:
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in list(self._restarting):
+            task.cancel()
         self._queue.fail_all(HsmUnavailable("the signer is shutting down"))
         workers = [w for w in self._workers if w is not None]
         for worker in workers:
@@ -336,14 +451,14 @@ class WorkerPool:
         signatures: bytes = self._wait(future, "sign_packed")
         return signatures
 
-    def broadcast(self, call: Call[Any]) -> None:
-        """Run a job on every live worker (e.g. forget a destroyed key)."""
-        futures: list[concurrent.futures.Future[Any]] = []
+    def broadcast(self, call: Call[T]) -> list[T]:
+        """Run a job on every live worker (e.g. forget a destroyed key); each one's answer."""
+        futures: list[concurrent.futures.Future[T]] = []
 
         def send_all() -> None:
             for worker in self._workers:
                 if worker is not None and worker.alive:
-                    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                    future: concurrent.futures.Future[T] = concurrent.futures.Future()
                     futures.append(future)
                     self._send(worker, _Job(call, _to_future(future), retries_left=0))
 
@@ -355,8 +470,7 @@ class WorkerPool:
 
         self._from_thread(on_loop)
         self._wait(done, call_name(call))
-        for future in futures:
-            self._wait(future, call_name(call))
+        return [self._wait(future, call_name(call)) for future in futures]
 
     def _from_thread(self, action: Callable[[], None]) -> None:
         loop = self._loop
@@ -506,31 +620,35 @@ class WorkerPool:
             else:
                 error = HsmUnavailable(f"HSM worker {worker.index} died during {job.name}; retry")
                 _settle_job(job, None, error)
-        assert self._loop is not None
-        self._loop.create_task(self._restart(worker.index))
+        self._restart_soon(worker.index)
         self._pump()
 
     # -- processes -----------------------------------------------------------------------------
 
-    async def _start_worker(self, index: int) -> None:
+    async def _start_worker(self, index: int, measure: bool = False) -> Calibration | None:
+        """Start worker ``index`` and connect it to the loop; what it measured, if asked."""
         loop = asyncio.get_running_loop()
-        process, sock, pid = await loop.run_in_executor(None, self._spawn, index)
-        worker = _Worker(index, process, pid)
+        process, sock, started = await loop.run_in_executor(None, self._spawn, index, measure)
+        worker = _Worker(index, process, started.pid)
         if self._closing:
             sock.close()
             process.kill()
-            return
+            return None
         await loop.connect_accepted_socket(partial(_Link, self, worker), sock)
         self._workers[index] = worker
-        log.info("HSM worker %d started (pid %d)", index, pid)
+        log.info("HSM worker %d started (pid %d)", index, started.pid)
         self._pump()
+        return started.calibration
 
-    def _spawn(self, index: int) -> tuple[BaseProcess, socket.socket, int]:
-        """Start one worker process and wait until it has logged in (blocking)."""
+    def _spawn(
+        self, index: int, measure: bool = False
+    ) -> tuple[BaseProcess, socket.socket, WorkerStarted]:
+        """Start one worker process and wait until it has logged in (and, with ``measure``,
+        measured the module) (blocking)."""
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main,
-            args=(child, self._settings),
+            args=(child, self._settings, measure),
             name=f"signer-hsm-{index}",
             daemon=True,
         )
@@ -548,11 +666,21 @@ class WorkerPool:
                 raise HsmUnavailable(f"HSM worker {index} exited while starting") from None
             if status != READY:
                 process.join(timeout=5)
-                raise HsmUnavailable(f"HSM worker {index} could not start: {value}")
+                # A refusal (PIN, configuration) keeps its kind: it is not retried.
+                kind = type(value) if isinstance(value, ConfigError | HsmError) else HsmUnavailable
+                raise kind(f"HSM worker {index} could not start: {value}")
             sock = socket.socket(fileno=os.dup(parent.fileno()))
         finally:
             parent.close()
-        return process, sock, int(value)
+        assert isinstance(value, WorkerStarted)
+        return process, sock, value
+
+    def _restart_soon(self, index: int) -> None:
+        """Start worker ``index`` again in the background, with backoff (loop thread)."""
+        assert self._loop is not None
+        task = self._loop.create_task(self._restart(index))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
 
     async def _restart(self, index: int) -> None:
         delays = itertools.chain(

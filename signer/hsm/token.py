@@ -11,6 +11,8 @@ from pkcs11.exceptions import (
     DeviceError,
     DeviceMemory,
     DeviceRemoved,
+    FunctionFailed,
+    GeneralError,
     NoSuchToken,
     PinIncorrect,
     PinLocked,
@@ -23,6 +25,7 @@ from pkcs11.exceptions import (
 
 from signer.config import HsmSettings, read_pin
 from signer.errors import HsmError, HsmUnavailable
+from signer.hsm.mechanisms import signing_mechanism
 
 # Errors after which the HSM, not the request, is at fault: answer UNAVAILABLE.
 UNAVAILABLE_ERRORS: tuple[type[PKCS11Error], ...] = (
@@ -68,6 +71,20 @@ def find_token(lib: Pkcs11Lib, label: str) -> Token:
         raise wrap_error(exc, f"looking up token {label!r}") from None
 
 
+def check_signing_mechanism(settings: HsmSettings, session: Session) -> None:
+    """Refuse a token without ``CKM_ECDSA`` before anything else, naming module and remedy."""
+    try:
+        offered = session.token.slot.get_mechanisms()
+    except PKCS11Error:
+        return  # the module will not say; signing will tell
+    if signing_mechanism() not in offered:
+        raise HsmError(
+            f"the PKCS#11 module {settings.module} offers no CKM_ECDSA on token"
+            f" {settings.token_label!r}: signer signs ES256 with it; set [hsm] module to a module"
+            " with elliptic curves (`signer hsm probe --config FILE` lists what one offers)"
+        )
+
+
 def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
     """Open a read-write session on the configured token, logged in as the user."""
     token = find_token(lib, settings.token_label)
@@ -80,6 +97,12 @@ def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
         raise HsmError(
             f"the user PIN of token {settings.token_label!r} is locked;"
             " a security officer must reset it"
+        ) from None
+    except (GeneralError, FunctionFailed) as exc:
+        # A refused PIN has codes of its own: these are the device's trouble, worth a retry.
+        raise HsmUnavailable(
+            f"HSM unavailable while logging in to token {settings.token_label!r}"
+            f" ({type(exc).__name__}); check the HSM and token"
         ) from None
     except PKCS11Error as exc:
         raise wrap_error(exc, f"logging in to token {settings.token_label!r}") from None
