@@ -139,6 +139,14 @@ HSM_ERROR_KINDS = ("ping", "HsmError", "HsmUnavailable")
 classes a signing request can meet."""
 AUTH_REFUSAL_REASONS = ("no_certificate", "unknown_identity", "wrong_role")
 QUOTA_REASONS = ("rate", "concurrency", "batch_over_burst")
+LIMIT_NAMES = (
+    "max_calls",
+    "max_calls_per_identity",
+    "max_streams",
+    "max_streams_per_identity",
+    "stream_idle_seconds",
+)
+"""The ``limit`` label values of ``signer_limit_refusals_total``: the ``[limits]`` settings."""
 
 
 class Metrics:
@@ -198,6 +206,19 @@ class Metrics:
         self.quota_rejections = Counter(
             "signer_quota_rejections", "Requests refused by a quota.", ["reason"], registry=r
         )
+        self.limit_refusals = Counter(
+            "signer_limit_refusals",
+            "Calls refused, and idle streams ended, by a [limits] setting.",
+            ["limit"],
+            registry=r,
+        )
+        self.identity_requests = Counter(
+            "signer_identity_requests",
+            "gRPC requests by caller identity (the name that granted the role; 'unknown' for"
+            " callers without a role).",
+            ["identity", "code"],
+            registry=r,
+        )
         self.key_warnings = Counter(
             "signer_key_expiry_warnings",
             "Warnings that a key will soon stop signing.",
@@ -222,6 +243,8 @@ class Metrics:
             self.auth_refusals.labels(reason)
         for reason in QUOTA_REASONS:
             self.quota_rejections.labels(reason)
+        for limit in LIMIT_NAMES:
+            self.limit_refusals.labels(limit)
         for profile in profiles:
             self.key_warnings.labels(profile)
             self.keys_revoked.labels(profile)
