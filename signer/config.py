@@ -1,6 +1,6 @@
 """TOML configuration -> typed, validated settings.
 
-One file configures a daemon (DESIGN.md §3.7). Relative paths are resolved against the directory
+One file configures a daemon. Relative paths are resolved against the directory
 of the configuration file, so a config and the files it names travel together. Secrets never
 live in the file: the user PIN comes from a file that only its owner may read, or from an
 environment variable named here.
@@ -211,7 +211,7 @@ class LogSettings:
 
 
 class StoreBackend(enum.StrEnum):
-    """Where key lifecycle records and pending changes are kept (DESIGN.md §3.3)."""
+    """Where key lifecycle records and pending changes are kept."""
 
     TOKEN = "token"  # noqa: S105 (a backend's name, not a password)
     DIRECTORY = "directory"

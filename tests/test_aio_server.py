@@ -297,7 +297,10 @@ def test_a_caller_that_disconnects_is_audited_but_not_counted_as_served(
         wait_for(lambda: queued(appliance) == 1000, "the request to reach the HSM queue")
         channel.close()  # the client goes away while its digests are being signed
         wait_for(
-            lambda: metric(appliance, "signer_requests_total", code="CANCELLED") == 1,
+            lambda: (
+                metric(appliance, "signer_requests_total", method="SignBatch", code="CANCELLED")
+                == 1
+            ),
             "the daemon to see the caller leave",
         )
     assert call.cancelled() or call.exception() is not None

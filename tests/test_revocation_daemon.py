@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 import cbor2
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from signer.audit.segments import list_segments
 from signer.dcc.base45 import b45decode
 from signer.dcc.trust import TrustStore
+from signer.v1 import audit_pb2, audit_pb2_grpc
 from tests.conftest import Appliance, MakeAppliance
 
 RECORDS = "examples/records-vn.jsonl"
@@ -140,6 +142,23 @@ def test_revocation_batches_from_a_real_audit_log(appliance: Appliance, tmp_path
     first, last = (dt.datetime.fromisoformat(per_kid[k]) for k in ("first", "last"))
     start, end = (dt.datetime.fromisoformat(t) for t in (since, until))
     assert start.replace(microsecond=0) <= first <= last < end  # the summary gives seconds
+
+    # the auditor's gRPC query gives the same hashes, streamed, from the daemon's own log
+    appliance.start()
+    audit = audit_pb2_grpc.AuditStub(appliance.channel("auditor"))
+    query = audit_pb2.FindSignaturesRequest(identity="CN=issuer2")
+    query.since.FromDatetime(dt.datetime.fromisoformat(since))
+    query.until.FromDatetime(dt.datetime.fromisoformat(until))
+    streamed = [
+        entry for reply in audit.FindSignatures(query, timeout=60) for entry in reply.entries
+    ]
+    assert sorted(base64.b64encode(e.hash).decode() for e in streamed) == sorted(listed)
+    assert {e.kid for e in streamed} == {dsc.kid}
+    issuer_audit = audit_pb2_grpc.AuditStub(appliance.channel("issuer"))
+    with pytest.raises(grpc.RpcError) as denied:
+        list(issuer_audit.FindSignatures(query, timeout=30))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    appliance.stop()
 
     verify = ["dcc", "verify", "--trust-list", str(trust), "--revocation", str(out)]
     refused = appliance.cli(*verify, *wanted, check=False)

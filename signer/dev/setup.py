@@ -40,6 +40,7 @@ from signer.keys.publish import ensure_upload_key
 from signer.keys.registry import make_registry
 from signer.keys.spki import load_p256_spki
 from signer.service.trail import audit_log_public_key, open_audit_log
+from signer.store.binding import check_binding
 from signer.store.select import open_store
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def dev_setup(settings: Settings, so_pin_file: Path) -> None:
 
 def _ceremonies(token: PooledToken, settings: Settings, on_event: Any = None) -> KeyCeremonies:
     store = open_store(settings, token)
+    check_binding(token, store)
     registry = make_registry(token, store, settings)
     registry.refresh()
     return make_ceremonies(registry, token, store, settings, on_event)

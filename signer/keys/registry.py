@@ -1,6 +1,6 @@
 """The daemon's current view of the keys, reloaded from the record store and the HSM.
 
-Lifecycle records live in a :class:`~signer.store.api.RecordStore` (DESIGN.md §3.3); DSCs and
+Lifecycle records live in a :class:`~signer.store.api.RecordStore`; DSCs and
 public keys in the HSM. The registry reloads them every ``refresh_interval`` (and after each
 change a ceremony makes), so a change made through another daemon sharing the store is seen
 within that interval, and swaps in a new immutable :class:`~signer.keys.snapshot.KeySnapshot`.

@@ -1,5 +1,6 @@
 """``signer.v1.Audit``: verify the log, find who had a digest signed, fetch the last checkpoint,
-stream the stored records to the auditor's mirror."""
+stream the stored records to the auditor's mirror, and what an identity signed in a window as
+revocation hashes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from signer.audit.query import find_by_digest, latest_checkpoint
+from signer.audit.signed import LogNotVerified, SignatureWindow, verified_signatures
 from signer.audit.stored import stored_frames
 from signer.audit.verify import FaultKind, verify_log
-from signer.errors import AuditError, InvalidRequest
+from signer.errors import AuditError, InvalidRequest, PolicyError
 from signer.service.trail import AuditTrail
 from signer.v1 import audit_pb2, audit_pb2_grpc
 
 # Below the smallest message limit any configuration sets ([server] max_batch = 1: 64 KiB + 80).
 RECORD_CHUNK_BYTES = 32 * 1024
+SIGNATURE_HASHES_PER_MESSAGE = 1000
 
 
 class AuditService(audit_pb2_grpc.AuditServicer):
@@ -125,3 +128,45 @@ class AuditService(audit_pb2_grpc.AuditServicer):
                 del pending[:RECORD_CHUNK_BYTES]
         if pending:
             yield audit_pb2.RecordFrames(frames=bytes(pending))
+
+    def FindSignatures(
+        self, request: audit_pb2.FindSignaturesRequest, context: grpc.ServicerContext
+    ) -> Iterator[audit_pb2.SignatureHashes]:
+        """Everything an identity had signed in a window, as SIGNATURE revocation hashes."""
+        self._require_log()
+        assert self._trail.log is not None
+        if not request.identity.strip():
+            raise InvalidRequest("identity is required: the backend as [roles] names it")
+        if not (request.HasField("since") and request.HasField("until")):
+            raise InvalidRequest("since and until are required: the window to search")
+        try:
+            window = SignatureWindow(
+                request.identity,
+                request.since.ToNanoseconds(),
+                request.until.ToNanoseconds(),
+                bytes(request.kid) or None,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        entries = verified_signatures(
+            self._dir, self._public_key(), window, durable_size=self._trail.log.size
+        )
+        batch: list[audit_pb2.SignatureHash] = []
+        try:
+            for entry in entries:
+                signed_at = Timestamp()
+                signed_at.FromNanoseconds(entry.time_ns)
+                batch.append(
+                    audit_pb2.SignatureHash(
+                        kid=entry.kid, hash=entry.sig_hash, sequence=entry.seq, signed_at=signed_at
+                    )
+                )
+                if len(batch) == SIGNATURE_HASHES_PER_MESSAGE:
+                    yield audit_pb2.SignatureHashes(entries=batch)
+                    batch = []
+        except LogNotVerified as exc:
+            raise PolicyError(
+                f"{exc}; revocation lists are built only from a log that verifies"
+            ) from None
+        if batch:
+            yield audit_pb2.SignatureHashes(entries=batch)

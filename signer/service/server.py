@@ -47,6 +47,7 @@ from signer.service.refusals import RefusalRecord, RefusalTally
 from signer.service.signing import SigningService
 from signer.service.threaded import InThreads
 from signer.service.trail import AuditTrail, open_audit_log
+from signer.store.binding import check_binding
 from signer.store.select import open_store
 from signer.v1 import (
     audit_pb2,
@@ -153,6 +154,7 @@ class Daemon:
         audit_log = await asyncio.to_thread(self._open_audit)
         self.trail = AuditTrail(audit_log, self.metrics, self._health_now, loop)
         store = await asyncio.to_thread(open_store, s, self.token)
+        await asyncio.to_thread(check_binding, self.token, store)
         self.registry = make_registry(self.token, store, s, self._record_rejected)
         await asyncio.to_thread(self.registry.refresh)
         self.ceremonies = make_ceremonies(

@@ -1,4 +1,4 @@
-"""Records in one PostgreSQL table, shared by appliances on several hosts (DESIGN.md §3.6).
+"""Records in one PostgreSQL table, shared by appliances on several hosts.
 
 The table is created on first use when missing; a DBA may create it beforehand and grant the
 daemon's role only SELECT, INSERT, UPDATE and DELETE on it::

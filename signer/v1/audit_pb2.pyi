@@ -88,3 +88,33 @@ class RecordFrames(_message.Message):
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     frames: bytes
     def __init__(self, frames: _Optional[bytes] = ...) -> None: ...
+
+class FindSignaturesRequest(_message.Message):
+    __slots__ = ("identity", "since", "until", "kid")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    KID_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    kid: bytes
+    def __init__(self, identity: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kid: _Optional[bytes] = ...) -> None: ...
+
+class SignatureHash(_message.Message):
+    __slots__ = ("kid", "hash", "sequence", "signed_at")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    kid: bytes
+    hash: bytes
+    sequence: int
+    signed_at: _timestamp_pb2.Timestamp
+    def __init__(self, kid: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., sequence: _Optional[int] = ..., signed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SignatureHashes(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[SignatureHash]
+    def __init__(self, entries: _Optional[_Iterable[_Union[SignatureHash, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AuditStub:
                 request_serializer=signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_audit__pb2.RecordFrames.FromString,
                 _registered_method=True)
+        self.FindSignatures = channel.unary_stream(
+                '/signer.v1.Audit/FindSignatures',
+                request_serializer=signer_dot_v1_dot_audit__pb2.FindSignaturesRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_audit__pb2.SignatureHashes.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -84,6 +89,14 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindSignatures(self, request, context):
+        """What one backend identity had signed in a window, as revocation hashes, from a log that
+        verifies (FAILED_PRECONDITION otherwise): the investigator's query behind a revocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +119,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.ReadRecords,
                     request_deserializer=signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.FromString,
                     response_serializer=signer_dot_v1_dot_audit__pb2.RecordFrames.SerializeToString,
+            ),
+            'FindSignatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.FindSignatures,
+                    request_deserializer=signer_dot_v1_dot_audit__pb2.FindSignaturesRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_audit__pb2.SignatureHashes.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +234,33 @@ class Audit:
             '/signer.v1.Audit/ReadRecords',
             signer_dot_v1_dot_audit__pb2.ReadRecordsRequest.SerializeToString,
             signer_dot_v1_dot_audit__pb2.RecordFrames.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSignatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/signer.v1.Audit/FindSignatures',
+            signer_dot_v1_dot_audit__pb2.FindSignaturesRequest.SerializeToString,
+            signer_dot_v1_dot_audit__pb2.SignatureHashes.FromString,
             options,
             channel_credentials,
             insecure,
