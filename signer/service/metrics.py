@@ -47,6 +47,8 @@ class LiveState:
     keys: tuple[KeyGaugeRow, ...]
     hsm_pending_digests: int = 0
     hsm_sign_jobs: int = 0
+    open_calls: int = 0
+    open_streams: int = 0
 
 
 class _LiveCollector(Collector):
@@ -79,6 +81,16 @@ class _LiveCollector(Collector):
             "signer_hsm_up", "1 when the HSM answered the last health probe.", float(state.hsm_up)
         )
         yield _gauge("signer_serving", "1 when the health status is SERVING.", float(state.serving))
+        yield _gauge(
+            "signer_open_calls",
+            "Calls open now that count against [limits] (every RPC but health checks).",
+            state.open_calls,
+        )
+        yield _gauge(
+            "signer_open_streams",
+            "Streaming calls open now (part of the calls).",
+            state.open_streams,
+        )
         yield _gauge(
             "signer_audit_healthy",
             "1 when the audit log can be written.",

@@ -137,6 +137,9 @@ class Daemon:
         self._stopping = False
         self._grace = 5.0
         self.refusals = RefusalTally(settings.limits.refusal_window_seconds)
+        self.limits = CallLimits(
+            settings.limits, lambda name: self.metrics.limit_refusals.labels(name).inc()
+        )
 
     def start(self) -> None:
         """Start workers, open audit and keys, then serve gRPC and metrics."""
@@ -194,9 +197,7 @@ class Daemon:
             Roles.from_settings(s.roles, s.officers),
             enforce=credentials is not None,
             on_refusal=self._auth_refused,
-            limits=CallLimits(
-                s.limits, on_refusal=lambda name: self.metrics.limit_refusals.labels(name).inc()
-            ),
+            limits=self.limits,
             stream_idle_seconds=s.limits.stream_idle_seconds,
         )
         server = grpc.aio.server(
@@ -390,6 +391,8 @@ class Daemon:
             keys=tuple(rows),
             hsm_pending_digests=self.pool.pending_digests,
             hsm_sign_jobs=self.pool.sign_jobs,
+            open_calls=self.limits.calls,
+            open_streams=self.limits.streams,
         )
 
     def _spawn(self, target: object, name: str) -> None:
