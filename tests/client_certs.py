@@ -22,6 +22,8 @@ class ClientCert:
 
     credentials: grpc.ChannelCredentials
     der: bytes
+    key_pem: bytes
+    """The private key (PEM), for a process that builds its own credentials."""
 
     @property
     def fingerprint(self) -> str:
@@ -63,13 +65,14 @@ def client_certificate(
             critical=common_name is None,  # RFC 5280: critical when the subject is empty
         )
     cert = builder.sign(ca_key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(tls / "ca.pem").read_bytes(),
-        private_key=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        private_key=key_pem,
         certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
     )
-    return ClientCert(credentials, cert.public_bytes(serialization.Encoding.DER))
+    return ClientCert(credentials, cert.public_bytes(serialization.Encoding.DER), key_pem)

@@ -355,6 +355,14 @@ def test_refusals_become_one_audit_record_per_identity_reason_and_window(
     )
     _wait_for_access_line(appliance, officers, "SignBatch", "alice/CN=officer", "PERMISSION_DENIED")
 
+    # The reason is logged once per identity, reason and window, not once per call.
+    reasons = [
+        line
+        for line in appliance.log().splitlines()
+        if f"SignBatch refused for {stranger.fingerprint}: " in line
+    ]
+    assert len(reasons) == windows_between(started, ended, REFUSAL_WINDOW)
+
     # The audit log holds them back until their window ends (or the daemon stops).
     if windows_between(started, ended, REFUSAL_WINDOW) == 1:
         assert refusal_records(appliance, stranger.fingerprint) == []

@@ -68,17 +68,20 @@ UNKNOWN_IDENTITY_LABEL = "unknown"
 """The ``identity`` label of callers without a role: certificates any holder of the client CA
 could mint would otherwise each add a series."""
 
-OnRefusal = Callable[[AuthRefusal, str], None]
-"""``(refusal, method)`` of a caller refused by authentication or authorisation."""
+OnRefusal = Callable[[AuthRefusal, str], bool | None]
+"""``(refusal, method)`` of a caller refused by authentication or authorisation; False when the
+same identity was already refused for the same reason lately (its reason is then not logged
+again: the access line and the metrics still count the call)."""
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 class _Refused(Exception):
     """A caller without the role a method needs (raised before the servicer runs)."""
 
-    def __init__(self, refused: AuthRefusal) -> None:
+    def __init__(self, refused: AuthRefusal, news: bool) -> None:
         super().__init__(refused.message)
         self.ending = Refusal(refused.code, bounded_message(refused.message))
+        self.news = news
 
 
 class _Undecodable:
@@ -175,8 +178,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             refused = authorise(caller, role, method)
             if refused is not None:
                 self._metrics.auth_refusals.labels(refused.reason).inc()
-                self._on_refusal(refused, method)
-                raise _Refused(refused)
+                news = self._on_refusal(refused, method)
+                raise _Refused(refused, news is not False)
         if self.limits is None:
             return UNLIMITED
         return self.limits.admit(caller.identity, stream)
@@ -200,7 +203,8 @@ def _settle(
 ) -> tuple[grpc.StatusCode, Refusal | None]:
     """The code to account for ``error``, and the refusal to end with (None: let it through)."""
     if isinstance(error, _Refused):
-        log.info("%s refused for %s: %s", method, identity, error.ending.message)
+        if error.news:
+            log.info("%s refused for %s: %s", method, identity, error.ending.message)
         return error.ending.code, error.ending
     if isinstance(error, SignerError):
         ending = refusal(error)

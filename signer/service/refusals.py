@@ -73,8 +73,9 @@ class RefusalTally:
         self._clock = clock
         self._windows: dict[int, dict[tuple[str, str], _Tally]] = {}
 
-    def note(self, reason: str, identity: str, method: str, subject: str = "") -> None:
-        """Count one refusal of ``identity`` for ``reason`` on ``method`` (now)."""
+    def note(self, reason: str, identity: str, method: str, subject: str = "") -> bool:
+        """Count one refusal of ``identity`` for ``reason`` on ``method`` (now); True when it is
+        the first of its identity and reason in the window."""
         now = self._clock()
         tallies = self._windows.setdefault(math.floor(now / self.window), {})
         key = (identity, reason)
@@ -88,6 +89,7 @@ class RefusalTally:
         tally.count += 1
         tally.methods.add(method)
         tally.last = now
+        return tally.count == 1
 
     @property
     def pending(self) -> int:

@@ -277,9 +277,10 @@ class Daemon:
         except SignerError:
             log.error("could not record a rejected key record in the audit log")
 
-    def _auth_refused(self, refused: AuthRefusal, method: str) -> None:
-        """Tally a refused caller; the tally reaches the audit log when its window ends."""
-        self.refusals.note(refused.reason, refused.identity, method, refused.subject)
+    def _auth_refused(self, refused: AuthRefusal, method: str) -> bool:
+        """Tally a refused caller (the tally reaches the audit log when its window ends); True
+        for the first refusal of its identity and reason in the window."""
+        return self.refusals.note(refused.reason, refused.identity, method, refused.subject)
 
     async def _record_refusals(self) -> None:
         """Write the refusals of each window once it has ended (and the rest at shutdown)."""
