@@ -4,6 +4,8 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
+import select
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -152,13 +154,18 @@ def test_batch_issue_then_verify_from_stdin(
     code = run(service, ["issue", "--batch", str(source), "--out", str(out), "--chunk-size", "8"])
     captured = capsys.readouterr()
     assert code == 1
-    assert "processed 8/21 (38%)" in captured.err
-    assert "2 of 21 records refused" in captured.err
+    assert "\r" not in captured.err, "progress is for a terminal only"
+    assert "2 of 21 records refused (json: 1, v[0].dn: 1)" in captured.err
+    summary = json.loads(captured.out)
+    assert (summary["issued"], summary["refused"], summary["lines"]) == (19, 2, 21)
+    assert summary["refused_by_field"] == {"json": 1, "v[0].dn": 1}
+    assert (summary["last_line"], summary["complete"]) == (22, True)
     assert service.batches == [7, 8, 4]
     results: list[dict[str, Any]] = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["line"] for r in results] == [*range(1, 21), 22]
     assert results[4]["error"] == "v[0].dn: dose number must be >= 1"
-    assert "error" in results[-1]
+    assert results[4]["field"] == "v[0].dn"
+    assert results[-1]["field"] == "json" and "not valid JSON" in results[-1]["error"]
     good = [r["hc1"] for r in results if "hc1" in r]
     assert len(good) == 19
 
@@ -204,3 +211,54 @@ def test_verify_garbage_exits_nonzero(
     result = json.loads(capsys.readouterr().out)
     assert result["signature_valid"] is False
     assert result["error"]
+
+
+def test_batch_progress_goes_to_a_terminal(
+    service: SoftService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text((EXAMPLES / "records-vn.jsonl").read_text(encoding="utf-8") * 3, "utf-8")
+    controller, terminal = os.openpty()
+    shown = b""
+    with open(terminal, "w", encoding="utf-8") as tty:
+        monkeypatch.setattr("sys.stderr", tty)
+        out = tmp_path / "out.jsonl"
+        code = run(service, ["issue", "--batch", str(source), "--out", str(out)])
+        monkeypatch.undo()
+        tty.flush()
+        while select.select([controller], [], [], 0.2)[0]:
+            shown += os.read(controller, 65536)
+    os.close(controller)
+    assert code == 0
+    text = shown.decode()
+    assert "\rsigner: line 60, 100.0 % of the input, 60 issued, 0 refused" in text
+    assert "signer: issued 60 of 60 records" in text
+    assert json.loads(capsys.readouterr().out)["issued"] == 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--verify-sample", "2"], "is not a number from 0 to 1"),
+        (["--chunk-size", "20000"], "--chunk-size 20000 is more than 10000"),
+        (["--qr", "x.png"], "with --batch use --qr-dir DIR"),
+        (["--retry-seconds", "-1"], "is not a number of seconds >= 0"),
+        (["--jobs", "2"], "--jobs 2 needs a signer that worker processes can make"),
+    ],
+)
+def test_batch_usage_errors(
+    service: SoftService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "out.jsonl"
+    source = str(EXAMPLES / "records-vn.jsonl")
+    assert run(service, ["issue", "--batch", source, "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert service.batches == []

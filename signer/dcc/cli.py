@@ -15,24 +15,35 @@ before anything is signed. ``--uvci-out FILE`` appends one JSON line per issued 
 ``verify --revocation FILE`` (repeatable) refuses a certificate whose SIGNATURE, UCI or
 COUNTRYCODEUCI hash one of the revocation batches lists, naming the hash type.
 
+``--batch`` runs :func:`signer.dcc.pipeline.issue_batch`: ``--jobs N`` worker processes, each
+with a signer made by ``make_signer`` from a copy of the arguments (so ``make_signer`` must be
+a module-level function for N > 1), output in input order, a restart continues where the
+output file ends, a JSON summary on stdout and progress on stderr when it is a terminal.
+
 Exit codes: OK; REFUSED when some certificate is invalid or revoked (verify) or some record of
 a batch was refused (issue); USAGE for a bad record, option or input file; CONFIG for an unusable
 value-set folder named in the configuration; the daemon's refusals and unavailability as in
-:class:`signer.cli_exit.ExitCode`.
+:class:`signer.cli_exit.ExitCode` (a batch the daemon stopped says where, exit 69 or 1);
+INTERRUPTED for a batch stopped with Ctrl-C (what was done is written).
 """
 
 import argparse
 import datetime as dt
+import functools
 import json
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from signer.cli_args import ISO_TIME_HELP, iso_time, positive_int, utc_iso
-from signer.cli_exit import ExitCode, UsageError, note
-from signer.config import load
+from signer.cli_exit import ExitCode, Failure, UsageError, bounded, daemon_failure, note, report
+from signer.config import Settings, load
+from signer.dcc.batch_output import QR_FORMATS, certificate_summary, uvci_line_of
+from signer.dcc.batch_resume import BatchFileError
+from signer.dcc.batch_worker import DEFAULT_RETRY_SECONDS, MAX_CHUNK_SIZE, BatchOptions
 from signer.dcc.errors import DccError, DccRecordError
 from signer.dcc.hc1 import hc1_lines
 from signer.dcc.issue import (
@@ -43,8 +54,10 @@ from signer.dcc.issue import (
     profile_for,
 )
 from signer.dcc.issue import prepare_one as _prepare_one
+from signer.dcc.pipeline import BatchSummary, issue_batch, terminal
 from signer.dcc.qr import write_qr
 from signer.dcc.revocation import RevocationList, RevocationListError
+from signer.dcc.sigcheck import DEFAULT_SAMPLE_RATE
 from signer.dcc.trust import TrustStore
 from signer.dcc.value_sets import DccValueSetError, ValueSets
 from signer.dcc.verify import verify
@@ -111,7 +124,39 @@ def add_subcommands(
         "--chunk-size",
         type=positive_int,
         default=DEFAULT_CHUNK_SIZE,
-        help="digests per signing call",
+        help=f"--batch: input lines per signing call (at most {MAX_CHUNK_SIZE})",
+    )
+    issue_parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="--batch: processes preparing and encoding certificates (one per client core)",
+    )
+    issue_parser.add_argument(
+        "--verify-sample",
+        type=_rate,
+        default=DEFAULT_SAMPLE_RATE,
+        metavar="RATE",
+        help="--batch: share of signatures checked against the DSC besides the first of each"
+        f" kid (0 to 1; default {DEFAULT_SAMPLE_RATE}; 1 checks every one)",
+    )
+    issue_parser.add_argument(
+        "--qr-dir",
+        type=Path,
+        metavar="DIR",
+        help="--batch: write each certificate's QR code to DIR/NNNNNN/LLLLLLLLL.png"
+        " (L the input line number, N = L // 1000)",
+    )
+    issue_parser.add_argument(
+        "--qr-format", choices=QR_FORMATS, default="png", help="--batch: QR image format"
+    )
+    issue_parser.add_argument(
+        "--retry-seconds",
+        type=_seconds,
+        default=DEFAULT_RETRY_SECONDS,
+        metavar="S",
+        help="--batch: how long to retry a daemon that became unavailable before stopping"
+        f" (default {DEFAULT_RETRY_SECONDS:.0f})",
     )
     issue_parser.add_argument(
         "--allow-dose-beyond-series",
@@ -245,15 +290,42 @@ def _hc1_inputs(values: Sequence[str], stdin: TextIO) -> Iterator[str]:
 def value_sets_for(args: argparse.Namespace) -> ValueSets:
     """The value sets ``args`` name: ``--value-sets``, else ``[dcc]`` of ``--config``, else the
     shipped copy; national codes come from the configuration."""
-    settings = load(args.config) if getattr(args, "config", None) else None
-    folder = args.value_sets or (settings.dcc.value_sets if settings else None)
-    national = settings.dcc.national_codes if settings else {}
+    settings, folder, national = _value_set_source(args)
     try:
         return ValueSets.load(folder, national)
     except DccValueSetError as exc:
         if args.value_sets is None and settings is not None:
             raise ConfigError(f"{settings.source}: [dcc] {exc}") from exc
         raise UsageError(str(exc)) from exc
+
+
+def _value_set_source(
+    args: argparse.Namespace,
+) -> tuple[Settings | None, Path | None, dict[str, tuple[str, ...]]]:
+    settings = load(args.config) if getattr(args, "config", None) else None
+    folder = args.value_sets or (settings.dcc.value_sets if settings else None)
+    national = settings.dcc.national_codes if settings else {}
+    return settings, folder, {name: tuple(codes) for name, codes in national.items()}
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number from 0 to 1")
+    return rate
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number of seconds >= 0")
+    return seconds
 
 
 class _Issuer:
@@ -329,28 +401,18 @@ class _Issuer:
         if self.args.uvci_out is None or not signed:
             return
         with self.args.uvci_out.open("a", encoding="utf-8") as out:
-            for cert in signed:
-                line = {
-                    "uvci": cert.uvci,
-                    "co": cert.country,
-                    "kind": cert.kind,
-                    "kid": cert.kid.hex(),
-                    "issued_at": utc_iso(dt.datetime.fromtimestamp(cert.iat, dt.UTC)),
-                }
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            out.writelines(uvci_line_of(cert) for cert in signed)
 
 
 def _run_issue(args: argparse.Namespace, make_signer: MakeSigner) -> int:
     if (args.record is None) == (args.batch is None):
         raise UsageError("give either RECORD.json or --batch RECORDS.jsonl")
-    if args.batch is not None and args.out is None:
-        raise UsageError("--batch needs --out OUT.jsonl")
+    if args.batch is not None:
+        return _issue_batch(args, make_signer)
     signer = None
     try:
         signer = make_signer(args)
         issuer = _Issuer(args, signer)
-        if args.batch is not None:
-            return _issue_batch(issuer, args.batch, args.out)
         return _issue_one(issuer, args.record)
     finally:
         close = getattr(signer, "close", None)
@@ -386,27 +448,10 @@ def _issue_one(issuer: _Issuer, path: Path) -> int:
     if issuer.args.qr is not None:
         write_qr(hc1, issuer.args.qr)
     if issuer.args.json:
-        print(json.dumps(_summary(signed, hc1), ensure_ascii=False))
+        print(json.dumps(certificate_summary(signed, hc1), ensure_ascii=False))
     else:
         print(hc1)
     return ExitCode.OK
-
-
-def _summary(prepared: PreparedCertificate, hc1: str) -> dict[str, Any]:
-    summary = {
-        "hc1": hc1,
-        "uvci": prepared.uvci,
-        "kind": prepared.kind,
-        "profile": prepared.profile,
-        "co": prepared.country,
-        "kid": prepared.kid.hex(),
-        "iat": prepared.iat,
-        "exp": prepared.exp,
-        "exp_clipped": prepared.exp_clipped,
-    }
-    if prepared.notes:
-        summary["notes"] = list(prepared.notes)
-    return _with_iso_times(summary)
 
 
 def _warn_clipped(prepared: PreparedCertificate, not_after: dt.datetime) -> None:
@@ -417,64 +462,89 @@ def _warn_clipped(prepared: PreparedCertificate, not_after: dt.datetime) -> None
         )
 
 
-def _issue_batch(issuer: _Issuer, batch: Path, out_path: Path) -> int:
-    with batch.open(encoding="utf-8") as counting:
-        total = sum(1 for line in counting if line.strip())
-    chunk_size = issuer.args.chunk_size
-    done = refused = 0
-    clipped_warned = False
-    with batch.open(encoding="utf-8") as source, out_path.open("w", encoding="utf-8") as out:
-        for chunk in _chunks(_numbered_lines(source), chunk_size):
-            results: dict[int, dict[str, Any]] = {}
-            ready: list[tuple[int, PreparedCertificate]] = []
-            for number, line in chunk:
-                try:
-                    record = json.loads(line)
-                    profile = issuer.profile(record)
-                except (DccError, ValueError) as exc:
-                    results[number] = {"line": number, "error": str(exc)}
-                    continue
-                issuer.chunks(profile)
-                try:
-                    ready.append((number, issuer.prepare(record, profile)))
-                except (DccError, ValueError) as exc:
-                    results[number] = {"line": number, "error": str(exc)}
-            signed, hc1s = issuer.sign([cert for _, cert in ready])
-            issuer.record_uvcis(signed)
-            clipped = [cert for cert in signed if cert.exp_clipped]
-            if clipped and not clipped_warned:
-                _warn_clipped(clipped[0], issuer.not_after(clipped[0]))
-                clipped_warned = True
-            for (number, _), cert, hc1 in zip(ready, signed, hc1s, strict=True):
-                results[number] = {"line": number, **_summary(cert, hc1)}
-            _write_lines(out, [results[number] for number, _ in chunk])
-            done += len(chunk)
-            refused += len(chunk) - len(ready)
-            if total > chunk_size:
-                note(f"processed {done}/{total} ({100 * done // total}%)")
-    if refused:
-        note(f"{refused} of {total} records refused; see 'error' in {out_path}")
-        return ExitCode.REFUSED
-    return ExitCode.OK
+def _issue_batch(args: argparse.Namespace, make_signer: MakeSigner) -> int:
+    if args.out is None:
+        raise UsageError("--batch needs --out OUT.jsonl")
+    if args.qr is not None:
+        raise UsageError("--qr writes the QR code of one record; with --batch use --qr-dir DIR")
+    if args.chunk_size > MAX_CHUNK_SIZE:
+        raise UsageError(f"--chunk-size {args.chunk_size} is more than {MAX_CHUNK_SIZE}")
+    value_sets_for(args)  # an unusable folder stops here, before any worker starts
+    _, folder, national = _value_set_source(args)
+    options = BatchOptions(
+        profile=args.profile,
+        issuer_country=args.issuer_country,
+        validity=dt.timedelta(days=args.validity_days) if args.validity_days else None,
+        allow_dose_beyond_series=args.allow_dose_beyond_series,
+        chunk_size=args.chunk_size,
+        check_rate=args.verify_sample,
+        qr_dir=args.qr_dir,
+        qr_format=args.qr_format,
+        retry_seconds=args.retry_seconds,
+        value_sets=folder,
+        national_codes=national,
+    )
+    worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+    factory = functools.partial(make_signer, worker_args)
+    if args.jobs > 1:
+        try:
+            pickle.dumps(factory)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise UsageError(
+                f"--jobs {args.jobs} needs a signer that worker processes can make ({exc});"
+                " use --jobs 1"
+            ) from exc
+    try:
+        summary = issue_batch(
+            args.batch,
+            args.out,
+            factory,
+            options=options,
+            jobs=args.jobs,
+            uvci_out=args.uvci_out,
+            notify=note,
+            progress=terminal(sys.stderr),
+        )
+    except BatchFileError as exc:
+        raise UsageError(str(exc)) from exc
+    print(json.dumps(summary.to_json(), ensure_ascii=False), flush=True)
+    return _batch_outcome(args, summary)
 
 
-def _numbered_lines(source: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(source, start=1):
-        if line.strip():
-            yield number, line
+def _batch_outcome(args: argparse.Namespace, summary: BatchSummary) -> int:
+    """Tell the operator what the batch did; its exit code."""
+    note(
+        f"issued {summary.issued} of {summary.lines} records in {summary.seconds:.1f} s"
+        f" ({summary.records_per_s:.0f} records/s, jobs {args.jobs})"
+    )
+    if summary.refused:
+        by_field = ", ".join(f"{name}: {count}" for name, count in sorted(summary.refused.items()))
+        note(
+            f"{summary.refused_total} of {summary.lines} records refused ({by_field});"
+            f" see 'error' in {args.out}"
+        )
+    stop = summary.stop
+    if summary.interrupted or stop is not None:
+        note(
+            f"stopped after line {summary.last_line} of {args.batch}: everything up to it is in"
+            f" {args.out}; run the same command again to continue after it"
+        )
+    if summary.interrupted:
+        return ExitCode.INTERRUPTED
+    if stop is not None:
+        if stop.trace is not None:
+            raise RuntimeError(f"batch issuance failed in a worker:\n{stop.trace}")
+        if stop.status is not None:
+            address = ", ".join(args.target) if getattr(args, "target", None) else None
+            return report(daemon_failure(stop.status, stop.message, address))
+        if stop.usage:
+            return report_code(ExitCode.USAGE, stop.message)
+        if stop.config:
+            return report_code(ExitCode.CONFIG, stop.message)
+        return report_code(ExitCode.REFUSED, stop.message)
+    return ExitCode.REFUSED if summary.refused else ExitCode.OK
 
 
-def _chunks(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
-    chunk: list[tuple[int, str]] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _write_lines(out: IO[str], objects: Sequence[dict[str, Any]]) -> None:
-    out.writelines(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects)
-    out.flush()
+def report_code(code: ExitCode, message: str) -> int:
+    """Print ``message`` as the command's one error line; return ``code``."""
+    return report(Failure(code, bounded(message)))

@@ -25,6 +25,7 @@ refusal is recognised by its ``current_kid`` attribute.
 """
 
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,9 @@ from signer.dcc.cwt import (
 from signer.dcc.dsc import parse_dsc
 from signer.dcc.errors import DccError, DccRecordError
 from signer.dcc.hc1 import encode_hc1
-from signer.dcc.qr import check_qr_payload
+from signer.dcc.qr import check_qr_length
 from signer.dcc.record import KINDS, build_hcert, kind_of, recovery_valid_until
+from signer.dcc.sigcheck import SignatureCheck
 from signer.dcc.value_sets import ValueSets
 
 DEFAULT_PROFILE = "vaccination"
@@ -61,7 +63,10 @@ _DEFAULT_VALIDITY = {"v": DEFAULT_VALIDITY, "t": TEST_VALIDITY}
 def profile_for(record: Mapping[str, Any], profile: str | None = None) -> str:
     """The signing profile of ``record``'s kind; refuses a ``profile`` that does not match it
     (:class:`DccRecordError` naming the entry group)."""
-    kind = kind_of(record)
+    return _profile_of(kind_of(record), profile)
+
+
+def _profile_of(kind: str, profile: str | None) -> str:
     wanted = KINDS[kind]
     if profile is not None and profile != wanted:
         raise DccRecordError(
@@ -185,7 +190,8 @@ def prepare_one(
     """
     if not is_country_code(issuer_country):
         raise DccError(f"issuer country {issuer_country!r} is not an ISO 3166-1 alpha-2 code")
-    profile_for(record, profile)
+    kind = kind_of(record)
+    _profile_of(kind, profile)
     iat_s = to_unix(iat)
     notes: list[str] = []
     hcert = build_hcert(
@@ -196,7 +202,6 @@ def prepare_one(
         value_sets=value_sets,
         notes=notes,
     )
-    kind = kind_of(hcert)
     until = recovery_valid_until(hcert)
     if until is not None:
         if until <= iat_s:
@@ -209,7 +214,7 @@ def prepare_one(
         validity = _DEFAULT_VALIDITY[kind]
     expiry = compute_expiry(iat_s, to_unix(dsc_not_after), validity)
     return _assemble(
-        hcert, kid, issuer_country, iat_s, expiry.exp, expiry.clipped, validity, tuple(notes)
+        hcert, kind, kid, issuer_country, iat_s, expiry.exp, expiry.clipped, validity, tuple(notes)
     )
 
 
@@ -224,12 +229,21 @@ def reprepare(
     validity = dt.timedelta(seconds=cert.validity_seconds)
     expiry = compute_expiry(cert.iat, to_unix(dsc_not_after), validity)
     return _assemble(
-        cert.hcert, kid, cert.issuer, cert.iat, expiry.exp, expiry.clipped, validity, cert.notes
+        cert.hcert,
+        cert.kind,
+        kid,
+        cert.issuer,
+        cert.iat,
+        expiry.exp,
+        expiry.clipped,
+        validity,
+        cert.notes,
     )
 
 
 def _assemble(
     hcert: dict[str, Any],
+    kind: str,
     kid: bytes,
     issuer: str,
     iat: int,
@@ -238,9 +252,8 @@ def _assemble(
     validity: dt.timedelta,
     notes: tuple[str, ...] = (),
 ) -> PreparedCertificate:
-    protected = protected_header(kid)
+    protected = _protected_header(kid)
     payload = encode_claims(hcert, issuer=issuer, iat=iat, exp=exp)
-    kind = kind_of(hcert)
     return PreparedCertificate(
         protected=protected,
         payload=payload,
@@ -256,6 +269,10 @@ def _assemble(
         kind=kind,
         notes=notes,
     )
+
+
+# Every certificate of a key has the same protected header.
+_protected_header = functools.lru_cache(maxsize=64)(protected_header)
 
 
 def prepare(
@@ -301,27 +318,50 @@ def _prepare_all(
     return prepared
 
 
+class SignatureMismatch(DccError):
+    """A signature does not verify under the DSC of the kid it was made for: the signer used
+    another key or returned a broken signature. Nothing signed by it should be handed out."""
+
+
 def finish(
     prepared: Sequence[PreparedCertificate],
     signatures: Sequence[bytes],
     *,
     verify_with: ec.EllipticCurvePublicKey | None = None,
+    check: SignatureCheck | None = None,
 ) -> list[str]:
     """Assemble COSE_Sign1 messages and return their ``HC1:`` strings, in order.
 
-    With ``verify_with`` (the DSC's public key) every signature is checked before anything is
-    returned, so a signer using the wrong key cannot leak unusable certificates.
+    With ``verify_with`` (the DSC's public key) signatures are checked before anything is
+    returned, so a signer using the wrong key cannot leak unusable certificates: every one, or
+    those ``check`` picks (:class:`~signer.dcc.sigcheck.SignatureCheck`).
     """
     if len(signatures) != len(prepared):
         raise DccError(f"got {len(signatures)} signatures for {len(prepared)} certificates")
-    out = []
-    for index, (cert, signature) in enumerate(zip(prepared, signatures, strict=True)):
-        if verify_with is not None:
-            _check(verify_with, cert, signature, index)
-        hc1 = encode_hc1(assemble_sign1(cert.protected, cert.payload, signature))
-        check_qr_payload(hc1)
-        out.append(hc1)
-    return out
+    return [
+        finish_one(cert, signature, verify_with=verify_with, check=check, index=index)
+        for index, (cert, signature) in enumerate(zip(prepared, signatures, strict=True))
+    ]
+
+
+def finish_one(
+    cert: PreparedCertificate,
+    signature: bytes,
+    *,
+    verify_with: ec.EllipticCurvePublicKey | None = None,
+    check: SignatureCheck | None = None,
+    index: int = 0,
+) -> str:
+    """The ``HC1:`` string of one signed certificate (see :func:`finish`).
+
+    Raises :class:`SignatureMismatch` for a signature that is checked and does not verify
+    (``index`` names it), :class:`DccError` when the string does not fit a QR code.
+    """
+    if verify_with is not None and (check is None or check.wanted(cert.kid)):
+        _check(verify_with, cert, signature, index)
+    hc1 = encode_hc1(assemble_sign1(cert.protected, cert.payload, signature))
+    check_qr_length(hc1)  # the characters are right by construction (base45)
+    return hc1
 
 
 class ChunkSigner:
@@ -330,8 +370,9 @@ class ChunkSigner:
     ``key`` is the key the certificates were prepared for. When the signer refuses its kid
     (see :func:`rotated_kid`) and can name its current key (:class:`KeySource`), the chunk is
     re-prepared for the new key and signed again, at most ``max_rotations`` times per chunk;
-    later chunks are prepared for the new key directly. With ``verify`` every signature is
-    checked against the DSC of the kid in its header before the certificate is returned.
+    later chunks are prepared for the new key directly. With ``verify`` signatures are checked
+    against the DSC of the kid in their header before the certificates are returned: every
+    one, or those ``check`` picks.
     """
 
     def __init__(
@@ -342,9 +383,11 @@ class ChunkSigner:
         profile: str = DEFAULT_PROFILE,
         verify: bool = True,
         max_rotations: int = MAX_ROTATIONS_PER_CHUNK,
+        check: SignatureCheck | None = None,
     ) -> None:
         self.key = key
         self.rotations = 0
+        self.check = check
         self._signer = signer
         self._profile = profile
         self._verify = verify
@@ -354,6 +397,14 @@ class ChunkSigner:
         self, prepared: Sequence[PreparedCertificate]
     ) -> tuple[list[PreparedCertificate], list[str]]:
         """Return the certificates as signed (re-prepared after a rotation) and their HC1s."""
+        certs, signatures = self.sign_digests(prepared)
+        return certs, finish(certs, signatures, verify_with=self.verify_with(), check=self.check)
+
+    def sign_digests(
+        self, prepared: Sequence[PreparedCertificate]
+    ) -> tuple[list[PreparedCertificate], list[bytes]]:
+        """Have the digests signed, following rotations; return the certificates as signed
+        (all for :attr:`key`) and their raw signatures, not yet checked or encoded."""
         if not prepared:
             return [], []
         certs = self._for_current_key(prepared)
@@ -376,10 +427,17 @@ class ChunkSigner:
                 self._follow(current)
                 certs = self._for_current_key(certs)
                 continue
-            verify_with = self.key.public_key if self._verify else None
-            if self._verify and verify_with is None:
-                raise DccError("the DSC's key is not an EC key; cannot check ES256 signatures")
-            return certs, finish(certs, signatures, verify_with=verify_with)
+            if len(signatures) != len(certs):
+                raise DccError(f"got {len(signatures)} signatures for {len(certs)} certificates")
+            return certs, list(signatures)
+
+    def verify_with(self) -> ec.EllipticCurvePublicKey | None:
+        """The public key signatures are checked with (``None`` without ``verify``)."""
+        if not self._verify:
+            return None
+        if self.key.public_key is None:
+            raise DccError("the DSC's key is not an EC key; cannot check ES256 signatures")
+        return self.key.public_key
 
     def _for_current_key(
         self, prepared: Sequence[PreparedCertificate]
@@ -557,7 +615,7 @@ def _check(
         signed = sig_structure(cert.protected, cert.payload)
         public_key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
-        raise DccError(
+        raise SignatureMismatch(
             f"signature {index} does not verify under the DSC's public key; "
             "the signer used another key or returned a non-raw signature"
         ) from None

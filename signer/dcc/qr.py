@@ -18,6 +18,11 @@ def check_qr_payload(hc1: str) -> None:
     """Raise :class:`DccError` unless ``hc1`` fits a QR code in alphanumeric mode at level Q."""
     if not _ALPHANUMERIC.match(hc1):
         raise DccError("HC1 string has characters outside the QR alphanumeric set")
+    check_qr_length(hc1)
+
+
+def check_qr_length(hc1: str) -> None:
+    """Raise :class:`DccError` unless ``hc1`` is short enough for a QR code at level Q."""
     if len(hc1) > MAX_ALPHANUMERIC_Q:
         raise DccError(
             f"HC1 string is {len(hc1)} characters; a QR code at level Q holds at most "
