@@ -162,6 +162,17 @@ def test_officer_identity_comes_from_the_certificate(secured: Appliance) -> None
     session = OfficerSession(secured.channel("officer"), credential, officer="mallory")
     changes = session.request("retire", reply.key.key_id, reason="mtls test")
     assert changes.change.requested_by == "alice"  # the person of [officers], not the claim
+    # The audit log names the person and the certificate name that made them an officer.
+    from signer.audit.query import iter_records
+
+    events = {
+        r.event.value: r
+        for r in iter_records(secured.audit_dir)
+        if r.details.get("key_id") == reply.key.key_id
+    }
+    assert events["key_generated"].identity == "alice/CN=officer"
+    assert events["key_generated"].details["officer"] == "alice"
+    assert events["change_requested"].identity == "alice/CN=officer"
 
 
 @pytest.mark.parametrize("kind", ["none", "other_ca", "expired"])
