@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from signer.errors import ConfigError
-from signer.identity import normalise
+from signer.identity import MAX_IDENTITY_CHARS, normalise
 from signer.keys.profiles import PROFILES
 
 DEFAULT_MAX_BATCH = 10_000
@@ -76,6 +76,8 @@ class ServerSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     # KeyAdmin is served only when the listen address is loopback or mTLS is on.
     admin_enabled: bool = True
+    reflection: bool = True
+    """Serve gRPC server reflection (for grpcurl), to identities that hold a role."""
 
     @property
     def max_message_bytes(self) -> int:
@@ -191,6 +193,25 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """What callers may hold open at once, so that no identity can starve another.
+
+    A call is any RPC but a health check (always answered); a stream is a call that streams
+    (SignStream, reflection, health Watch, Audit ReadRecords), and counts as a call too.
+    """
+
+    max_calls: int = 1024
+    max_calls_per_identity: int = 256
+    max_streams: int = 256
+    max_streams_per_identity: int = 64
+    stream_idle_seconds: float = 120.0
+    """A bidirectional stream (SignStream, reflection) that sends no request for this long is
+    ended with RESOURCE_EXHAUSTED."""
+    refusal_window_seconds: float = 60.0
+    """Refused callers are audited as one record per identity, reason and window (a count)."""
+
+
+@dataclass(frozen=True)
 class ClientSettings:
     """Where the command-line tools find client certificates (dev setups)."""
 
@@ -270,6 +291,7 @@ class Settings:
     roles: RoleSettings
     quota: QuotaSettings
     log: LogSettings
+    limits: LimitSettings = field(default_factory=LimitSettings)
     profiles: tuple[str, ...] = ("vaccination",)
     client: ClientSettings = field(default_factory=ClientSettings)
     officers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -312,6 +334,7 @@ def parse(raw: dict[str, Any], source: Path) -> Settings:
         roles=_roles(reader.table("roles"), officers),
         quota=_quota(reader.table("quota")),
         log=_log(reader.table("log")),
+        limits=_limits(reader.table("limits")),
         profiles=_tuple(reader.str_list("profiles")),
         client=_client(reader.table("client")),
         officers=MappingProxyType(officers),
@@ -429,6 +452,8 @@ def identity_problem(identity: str) -> str | None:
     """Why ``identity`` cannot name a client certificate (see ``[roles]``), or None if it can."""
     if not identity.strip():
         return "is empty"
+    if len(identity) > MAX_IDENTITY_CHARS:
+        return f"is longer than {MAX_IDENTITY_CHARS} characters"
     if _has_control_characters(identity):
         return "must not contain control characters"
     if identity.upper().startswith("SHA256:"):
@@ -671,6 +696,7 @@ def _server(t: _Reader) -> ServerSettings:
             insecure_loopback=tls.flag("insecure_loopback"),
         ),
         admin_enabled=t.flag("admin_enabled"),
+        reflection=t.flag("reflection"),
     )
 
 
@@ -834,6 +860,31 @@ def _quota(t: _Reader) -> QuotaSettings:
         burst=t.whole("burst", 0, 100_000_000),
         max_concurrent=t.whole("max_concurrent", 0, 10_000),
     )
+
+
+def _limits(t: _Reader) -> LimitSettings:
+    limits = _build(
+        LimitSettings,
+        max_calls=t.whole("max_calls", 1, 100_000),
+        max_calls_per_identity=t.whole("max_calls_per_identity", 1, 100_000),
+        max_streams=t.whole("max_streams", 1, 100_000),
+        max_streams_per_identity=t.whole("max_streams_per_identity", 1, 100_000),
+        stream_idle_seconds=t.number("stream_idle_seconds", 0.5, _DAY / _SECOND),
+        refusal_window_seconds=t.number("refusal_window_seconds", 1, _HOUR / _SECOND),
+    )
+    for smaller, larger in (
+        ("max_calls_per_identity", "max_calls"),
+        ("max_streams_per_identity", "max_streams"),
+        ("max_streams", "max_calls"),
+        ("max_streams_per_identity", "max_calls_per_identity"),
+    ):
+        if getattr(limits, smaller) > getattr(limits, larger) and not t.reported(smaller, larger):
+            t.table_problem(
+                f"{smaller} ({getattr(limits, smaller)}) must not be above {larger}"
+                f" ({getattr(limits, larger)}): a stream is a call too, and one identity's"
+                " share is part of the whole"
+            )
+    return limits
 
 
 def _client(t: _Reader) -> ClientSettings:

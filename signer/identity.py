@@ -4,6 +4,10 @@
 ``SHA256:<hex fingerprint of the DER certificate>``. The gRPC front end and the governance
 checks both read identities through these functions, so a person is recognised the same way
 on the connection and in a stored signature.
+
+Where several names of one certificate could stand for it, the most specific comes first
+(:data:`PRECEDENCE`): a pinned fingerprint names one certificate, a SAN URI or DNS name one
+workload, a common name whatever certificate the client CA gave that CN.
 """
 
 from __future__ import annotations
@@ -13,6 +17,12 @@ import hashlib
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+MAX_IDENTITY_CHARS = 256
+"""The longest identity the configuration may name; longer certificate names never grant a role,
+so no identity the daemon records, counts or logs is longer (a fingerprint is 71 characters)."""
+PRECEDENCE = ("SHA256:", "URI:", "DNS:", "CN=")
+"""Name forms from the most to the least specific."""
 
 
 def normalise(identity: str) -> str:
@@ -30,7 +40,7 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
         f"CN={attribute.value!s}"
         for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     ]
-    names.append("SHA256:" + hashlib.sha256(der).hexdigest())
+    names.append(fingerprint_name(der))
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -38,3 +48,20 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
     names += [f"URI:{u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
     names += [f"DNS:{d}" for d in san.get_values_for_type(x509.DNSName)]
     return tuple(names)
+
+
+def fingerprint_name(der: bytes) -> str:
+    """``SHA256:<hex>`` of a DER certificate: the identity of a certificate that holds no role."""
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def ranked(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` in :data:`PRECEDENCE` order (the order among names of one form is kept)."""
+    return tuple(sorted(names, key=_rank))
+
+
+def _rank(name: str) -> int:
+    for rank, prefix in enumerate(PRECEDENCE):
+        if name.startswith(prefix):
+            return rank
+    return len(PRECEDENCE)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.audit.query import iter_records
 from signer.v1 import signing_pb2, signing_pb2_grpc
@@ -352,12 +354,32 @@ def _issuer_certificate(appliance: Appliance, name: str) -> grpc.ChannelCredenti
     )
 
 
+IDLE_SECONDS = 15
+"""The idle limit of the flood test: it only has to outlast the few local calls the test makes
+while the flood is open; then the daemon ends every idle stream by itself."""
+
+
+async def _stream_refusal(stream: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    return caught.value
+
+
 def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAppliance) -> None:
-    appliance = make_appliance({"roles": {"issuer": ["CN=issuer", "CN=second"]}}, mtls=True)
+    appliance = make_appliance(
+        {
+            "roles": {"issuer": ["CN=issuer", "CN=second"]},
+            "limits": {"max_streams_per_identity": 64, "stream_idle_seconds": IDLE_SECONDS},
+        },
+        mtls=True,
+    )
     key = appliance.signing_key()
     verify = verifier(appliance)
     second = _issuer_certificate(appliance, "second")
     options = [("grpc.ssl_target_name_override", "localhost")]
+
+    def open_streams() -> float:
+        return metric(appliance, "signer_open_streams")
 
     async def scenario() -> signing_pb2.SignBatchResponse:
         idle_channel = grpc.aio.secure_channel(
@@ -369,14 +391,30 @@ def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAp
             streams = [idle.SignStream(timeout=WAIT) for _ in range(64)]
             # Each stream is open (its headers went out) and sends nothing.
             await asyncio.gather(*(stream.wait_for_connection() for stream in streams))
-            reply: signing_pb2.SignBatchResponse = await signing_pb2_grpc.SigningStub(
-                other_channel
-            ).SignBatch(
+            await asyncio.to_thread(wait_for, lambda: open_streams() == 64, "64 open streams")
+            # The flooding identity is at its cap: one more stream of its own is refused.
+            refused = await _stream_refusal(idle.SignStream(timeout=WAIT))
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_streams_per_identity" in (refused.details() or "")
+            other = signing_pb2_grpc.SigningStub(other_channel)
+            reply: signing_pb2.SignBatchResponse = await other.SignBatch(
                 signing_pb2.SignBatchRequest(
                     profile=PROFILE, kid=key.kid, digests=digests(3, b"other"), request_id="o"
                 ),
                 timeout=WAIT,
             )
+            # The other identity may still open a stream, and health is answered.
+            own = other.SignStream(timeout=WAIT)
+            await own.write(
+                signing_pb2.SignBatchRequest(
+                    profile=PROFILE, kid=key.kid, digests=digests(1, b"own"), request_id="s"
+                )
+            )
+            assert (await own.read()).request_id == "s"
+            await own.done_writing()
+            health = health_pb2_grpc.HealthStub(idle_channel)
+            checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=WAIT)
+            assert checked.status == health_pb2.HealthCheckResponse.SERVING
             # The idle streams still work afterwards.
             await streams[0].write(
                 signing_pb2.SignBatchRequest(
@@ -385,8 +423,20 @@ def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAp
             )
             answer = await streams[0].read()
             assert answer.request_id == "i"
-            for stream in streams:
-                stream.cancel()
+            # Left idle, every one of them is ended by the daemon, naming the limit ...
+            for ended in await asyncio.gather(*(_stream_refusal(s) for s in streams)):
+                assert ended.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "stream_idle_seconds" in (ended.details() or "")
+            await asyncio.to_thread(wait_for, lambda: open_streams() == 0, "no open streams")
+            # ... and the identity may open streams again.
+            again = idle.SignStream(timeout=WAIT)
+            await again.write(
+                signing_pb2.SignBatchRequest(
+                    profile=PROFILE, kid=key.kid, digests=digests(1, b"again"), request_id="a"
+                )
+            )
+            assert (await again.read()).request_id == "a"
+            again.cancel()
             return reply
         finally:
             await idle_channel.close()
@@ -398,3 +448,6 @@ def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAp
     record = audited(appliance)
     assert record[digests(3, b"other")[0]] == [("o", "CN=second")]
     assert record[digests(1, b"idle")[0]] == [("i", "CN=issuer")]
+    assert record[digests(1, b"again")[0]] == [("a", "CN=issuer")]
+    assert metric(appliance, "signer_limit_refusals_total", limit="max_streams_per_identity") == 1
+    assert metric(appliance, "signer_limit_refusals_total", limit="stream_idle_seconds") == 64

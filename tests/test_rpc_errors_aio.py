@@ -21,7 +21,7 @@ import pytest
 
 from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
 from signer.service.aio_interceptor import CallInterceptor
-from signer.service.auth import CALLER, Roles
+from signer.service.auth import CALLER, AuthRefusal, Roles
 from signer.service.metrics import Metrics
 from signer.v1.signing_pb2 import SignBatchRequest, SignBatchResponse
 from tests.test_rpc_errors import (
@@ -130,8 +130,8 @@ def start_probe(enforce: bool) -> Probe:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
-    async def on_refusal(reason: str, identity: str, method: str) -> None:
-        refusals.append((reason, identity, method))
+    def on_refusal(refused: AuthRefusal, method: str) -> None:
+        refusals.append((refused.reason, refused.identity, method))
 
     async def serve() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(

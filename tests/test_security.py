@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +33,13 @@ def _client_cert(
     appliance: Appliance, name: str, *, other_ca: bool = False, expired: bool = False
 ) -> grpc.ChannelCredentials:
     """A client certificate made for a test: unknown name, foreign CA, or expired."""
+    return _client_cert_der(appliance, name, other_ca=other_ca, expired=expired)[0]
+
+
+def _client_cert_der(
+    appliance: Appliance, name: str, *, other_ca: bool = False, expired: bool = False
+) -> tuple[grpc.ChannelCredentials, bytes]:
+    """:func:`_client_cert`, and the certificate's DER."""
     assert appliance.tls_dir is not None
     tls = appliance.tls_dir
     ca_cert = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
@@ -57,7 +65,7 @@ def _client_cert(
         .not_valid_after(end)
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
-    return grpc.ssl_channel_credentials(
+    credentials = grpc.ssl_channel_credentials(
         root_certificates=(tls / "ca.pem").read_bytes(),
         private_key=key.private_bytes(
             serialization.Encoding.PEM,
@@ -66,6 +74,7 @@ def _client_cert(
         ),
         certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
     )
+    return credentials, cert.public_bytes(serialization.Encoding.DER)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +86,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         {
             "quota": {"signatures_per_second": 3000, "burst": 3000, "max_concurrent": 4},
             "roles": {"issuer": ["CN=issuer", "CN=calm"]},
+            # Refusals reach the audit log when their window ends: soon, here.
+            "limits": {"refusal_window_seconds": 1},
         },
         mtls=True,
     )
@@ -151,6 +162,17 @@ def test_officer_identity_comes_from_the_certificate(secured: Appliance) -> None
     session = OfficerSession(secured.channel("officer"), credential, officer="mallory")
     changes = session.request("retire", reply.key.key_id, reason="mtls test")
     assert changes.change.requested_by == "alice"  # the person of [officers], not the claim
+    # The audit log names the person and the certificate name that made them an officer.
+    from signer.audit.query import iter_records
+
+    events = {
+        r.event.value: r
+        for r in iter_records(secured.audit_dir)
+        if r.details.get("key_id") == reply.key.key_id
+    }
+    assert events["key_generated"].identity == "alice/CN=officer"
+    assert events["key_generated"].details["officer"] == "alice"
+    assert events["change_requested"].identity == "alice/CN=officer"
 
 
 @pytest.mark.parametrize("kind", ["none", "other_ca", "expired"])
@@ -173,7 +195,7 @@ def test_bad_certificates_are_refused_at_the_handshake(secured: Appliance, kind:
 
 
 def test_right_ca_unknown_identity_is_unauthenticated(secured: Appliance) -> None:
-    credentials = _client_cert(secured, "stranger")
+    credentials, der = _client_cert_der(secured, "stranger")
     assert _code(lambda: _sign(secured, credentials=credentials)) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
@@ -185,8 +207,22 @@ def test_right_ca_unknown_identity_is_unauthenticated(secured: Appliance) -> Non
     )
     from signer.audit.query import iter_records
 
-    refusals = [r for r in iter_records(secured.audit_dir) if r.event == "auth_refused"]
-    assert any(r.identity == "CN=stranger" for r in refusals)
+    # A certificate without a role is recorded by its fingerprint (the CN is its holder's
+    # choice, and many certificates may carry it), with the CN beside it for the auditor.
+    fingerprint = "SHA256:" + hashlib.sha256(der).hexdigest()
+    deadline = time.monotonic() + 60
+    refusals: list[Any] = []
+    while not refusals and time.monotonic() < deadline:
+        time.sleep(0.2)
+        refusals = [
+            r
+            for r in iter_records(secured.audit_dir)
+            if r.event == "auth_refused" and r.identity == fingerprint
+        ]
+    [refusal] = refusals
+    assert refusal.details["subject"] == "'CN=stranger'"
+    assert refusal.details["reason"] == "unknown_identity"
+    assert refusal.details["count"] == 1
 
 
 def test_garbage_and_oversized_messages_leave_the_daemon_up(secured: Appliance) -> None:

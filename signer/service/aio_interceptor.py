@@ -1,15 +1,19 @@
 """The asyncio server's one interceptor: who calls, whether they may, and what came of the call.
 
-For every call of the appliance's own services (``signer.v1.*``) it works out the caller's
-identity once (:data:`signer.service.auth.CALLER`, read by the servicers and the audit trail),
-checks the role the service needs (a refusal is counted and audited by ``on_refusal``), and
-ends the call the way :mod:`signer.service.rpc` says: a :class:`SignerError` becomes its status,
+For every call but a health check it works out the caller's identity once
+(:data:`signer.service.auth.CALLER`, read by the servicers and the audit trail), checks the
+role the service needs (a refusal is counted and handed to ``on_refusal``, which tallies it for
+the audit log), admits the call under the ``[limits]`` of its identity and of the appliance
+(:mod:`signer.service.limits`), ends a bidirectional stream that stays idle too long, and ends
+the call the way :mod:`signer.service.rpc` says: a :class:`SignerError` becomes its status,
 message and trailing metadata, any other exception INTERNAL with the generic message and a
-logged traceback, a status the servicer set itself is kept. Each call adds one access log line
-and its request metrics; a bidirectional stream is accounted per exchange (a request read and
-the answer to it, or the error that ends the stream). A caller that leaves is accounted as
-CANCELLED. Health and reflection pass through untouched; any certificate TLS accepted may use
-them.
+logged traceback, a status the servicer set itself is kept.
+
+Calls of the appliance's own services (``signer.v1.*``) and of reflection add one access log
+line each and their request metrics, refusals included; a bidirectional stream is accounted
+per exchange (a request read and the answer to it, or the error that ends the stream). A
+caller that leaves is accounted as CANCELLED. Reflection needs a role; health needs only a
+certificate TLS accepted, and health checks (``Check``) are never counted, limited or refused.
 
 The wrapped handlers are built once per method and reused, so a call pays for one coroutine
 around the servicer, not for building handlers.
@@ -31,6 +35,8 @@ import grpc
 from signer.errors import InvalidRequest, SignerError
 from signer.service.auth import (
     CALLER,
+    HEALTH_SERVICE,
+    REFLECTION_SERVICES,
     AuthRefusal,
     Caller,
     Roles,
@@ -39,6 +45,8 @@ from signer.service.auth import (
     required_role,
     service_of,
 )
+from signer.service.echo import bounded_message
+from signer.service.limits import UNLIMITED, CallLimits
 from signer.service.metrics import Metrics
 from signer.service.rpc import (
     INTERNAL,
@@ -53,19 +61,27 @@ from signer.service.rpc import (
 log = logging.getLogger("signer.rpc")
 
 SERVICE_PACKAGE = "signer.v1."
-"""Calls of these services are accounted; health and reflection are not."""
+"""Calls of these services (and of reflection) are accounted; health is not."""
+HEALTH_CHECK = f"/{HEALTH_SERVICE}/Check"
+"""Always answered: never counted, limited or refused."""
+UNKNOWN_IDENTITY_LABEL = "unknown"
+"""The ``identity`` label of callers without a role: certificates any holder of the client CA
+could mint would otherwise each add a series."""
 
-OnRefusal = Callable[[str, str, str], Awaitable[None]]
-"""``(reason, identity, method)`` of a caller refused by authentication or authorisation."""
+OnRefusal = Callable[[AuthRefusal, str], bool | None]
+"""``(refusal, method)`` of a caller refused by authentication or authorisation; False when the
+same identity was already refused for the same reason lately (its reason is then not logged
+again: the access line and the metrics still count the call)."""
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
 class _Refused(Exception):
     """A caller without the role a method needs (raised before the servicer runs)."""
 
-    def __init__(self, refused: AuthRefusal) -> None:
+    def __init__(self, refused: AuthRefusal, news: bool) -> None:
         super().__init__(refused.message)
-        self.ending = Refusal(refused.code, refused.message)
+        self.ending = Refusal(refused.code, bounded_message(refused.message))
+        self.news = news
 
 
 class _Undecodable:
@@ -100,14 +116,8 @@ def _decoded(request: Any, method: str) -> Any:
     return request
 
 
-def identify(context: grpc.aio.ServicerContext) -> Caller:
-    """The caller of ``context`` (first certificate name, else its peer address)."""
-    names = certificate_identities(context.auth_context())
-    return Caller(names[0] if names else str(context.peer()), tuple(names))
-
-
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Authorises, ends and accounts every call of the services in ``package``."""
+    """Authorises, limits, ends and accounts calls (accounting those of ``package``)."""
 
     def __init__(
         self,
@@ -116,14 +126,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         *,
         enforce: bool,
         on_refusal: OnRefusal,
+        limits: CallLimits | None = None,
+        stream_idle_seconds: float | None = None,
         package: str = SERVICE_PACKAGE,
     ) -> None:
         self._metrics = metrics
         self._roles = roles
         self._enforce = enforce
         self._on_refusal = on_refusal
+        self.limits = limits
+        self.stream_idle_seconds = stream_idle_seconds
         self._package = package
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._by_identity: dict[tuple[str, grpc.StatusCode], Any] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -140,20 +155,34 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method == HEALTH_CHECK:
+            return handler
         role = required_role(method, self._enforce)
-        accounted = service_of(method).startswith(self._package.rstrip("."))
-        if role is None and not accounted:
+        service = service_of(method)
+        accounted = service.startswith(self._package.rstrip(".")) or service in REFLECTION_SERVICES
+        if role is None and not accounted and self.limits is None:
             return handler
         return _Calls(self, method, role, accounted).handler(handler)
 
-    async def admit(self, caller: Caller, role: str | None, method: str) -> None:
-        """Refuse (after counting and auditing the refusal) a caller without ``role``."""
-        if role is None:
-            return
-        refused = authorise(list(caller.names), caller.identity, self._roles, role, method)
-        if refused is not None:
-            await self._on_refusal(refused.reason, refused.identity, method)
-            raise _Refused(refused)
+    def identify(self, context: grpc.aio.ServicerContext, role: str | None) -> Caller:
+        """The caller of ``context`` on a call that needs ``role``."""
+        names = tuple(certificate_identities(context.auth_context()))
+        return self._roles.caller(names, str(context.peer()), role)
+
+    def admit(
+        self, caller: Caller, role: str | None, method: str, stream: bool
+    ) -> Callable[[], None]:
+        """Refuse a caller without ``role`` (after counting and tallying the refusal) or over
+        a limit; else count the call and return what ends it."""
+        if role is not None:
+            refused = authorise(caller, role, method)
+            if refused is not None:
+                self._metrics.auth_refusals.labels(refused.reason).inc()
+                news = self._on_refusal(refused, method)
+                raise _Refused(refused, news is not False)
+        if self.limits is None:
+            return UNLIMITED
+        return self.limits.admit(caller.identity, stream)
 
     def account(
         self, method: str, caller: Caller, code: grpc.StatusCode, started: float, request_id: str
@@ -161,6 +190,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         """Count the call and write its access log line."""
         elapsed = time.perf_counter() - started
         account(self._metrics, CallRecord(method, caller.identity, code, elapsed, request_id))
+        key = (caller.identity if caller.known else UNKNOWN_IDENTITY_LABEL, code)
+        counter = self._by_identity.get(key)
+        if counter is None:
+            counter = self._metrics.identity_requests.labels(key[0], code.name)
+            self._by_identity[key] = counter
+        counter.inc()
 
 
 def _settle(
@@ -168,11 +203,12 @@ def _settle(
 ) -> tuple[grpc.StatusCode, Refusal | None]:
     """The code to account for ``error``, and the refusal to end with (None: let it through)."""
     if isinstance(error, _Refused):
-        log.info("%s refused for %s: %s", method, identity, error)
+        if error.news:
+            log.info("%s refused for %s: %s", method, identity, error.ending.message)
         return error.ending.code, error.ending
     if isinstance(error, SignerError):
-        log.info("%s refused for %s: %s", method, identity, error)
         ending = refusal(error)
+        log.info("%s refused for %s: %s", method, identity, ending.message)
         return ending.code, ending
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, None
@@ -212,17 +248,35 @@ class _Exchange:
 class _Exchanges:
     """The request/answer pairs of one bidirectional stream, oldest unanswered first."""
 
-    def __init__(self, calls: _Calls, caller: Caller) -> None:
+    def __init__(self, calls: _Calls, caller: Caller, idle_seconds: float | None) -> None:
         self._calls = calls
         self._caller = caller
+        self._idle_seconds = idle_seconds
         self._pending: deque[_Exchange] = deque()
         self._idle_since = time.perf_counter()
 
     async def requests(self, request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The servicer's view of the request stream; each request read opens an exchange."""
-        async for request in request_iterator:
+        """The servicer's view of the request stream; each request read opens an exchange.
+
+        Waiting for a request longer than the idle limit ends the stream (RESOURCE_EXHAUSTED).
+        """
+        iterator = aiter(request_iterator)
+        while True:
+            try:
+                request = await self._next(iterator)
+            except StopAsyncIteration:
+                return
             self._pending.append(_Exchange(request_id_of(request), time.perf_counter()))
             yield _decoded(request, self._calls.method)
+
+    async def _next(self, iterator: AsyncIterator[Any]) -> Any:
+        if self._idle_seconds is None:
+            return await anext(iterator)
+        try:
+            async with asyncio.timeout(self._idle_seconds):
+                return await anext(iterator)
+        except TimeoutError:
+            raise self._calls.idle() from None
 
     def answered(self) -> None:
         """The servicer yielded the answer to the oldest open exchange."""
@@ -269,13 +323,19 @@ class _Calls:
         if self._accounted:
             self._interceptor.account(self._method, caller, code, started, request_id)
 
+    def idle(self) -> SignerError:
+        """The error that ends a stream idle for too long (counted as a limit refusal)."""
+        limits = self._interceptor.limits
+        assert limits is not None
+        return limits.idle(self._method)
+
     def _start(self, context: grpc.aio.ServicerContext) -> Caller:
-        caller = identify(context)
+        caller = self._interceptor.identify(context, self._role)
         CALLER.set(caller)
         return caller
 
-    async def _admit(self, caller: Caller) -> None:
-        await self._interceptor.admit(caller, self._role, self._full_method)
+    def _admit(self, caller: Caller, stream: bool) -> Callable[[], None]:
+        return self._interceptor.admit(caller, self._role, self._full_method, stream)
 
     async def _failed(
         self,
@@ -299,6 +359,10 @@ class _Calls:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary), **kwargs)
         if handler.unary_stream:
+            if not inspect.isasyncgenfunction(handler.unary_stream):
+                return grpc.unary_stream_rpc_method_handler(
+                    self._writing(handler.unary_stream), **kwargs
+                )
             return grpc.unary_stream_rpc_method_handler(
                 self._unary_stream(handler.unary_stream), **kwargs
             )
@@ -315,13 +379,37 @@ class _Calls:
             started = time.perf_counter()
             request_id = request_id_of(request)
             caller = self._start(context)
+            release = UNLIMITED
             try:
-                await self._admit(caller)
-                response = await _result(behavior(_decoded(request, self._method), context))
-            except BaseException as error:
-                await self._failed(error, context, caller, started, request_id)
+                try:
+                    release = self._admit(caller, stream=False)
+                    response = await _result(behavior(_decoded(request, self._method), context))
+                except BaseException as error:
+                    await self._failed(error, context, caller, started, request_id)
+            finally:
+                release()
             self.account(caller, grpc.StatusCode.OK, started, request_id)
             return response
+
+        return run
+
+    def _writing(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """A server-streaming coroutine that sends with ``context.write`` (health Watch)."""
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> None:
+            started = time.perf_counter()
+            request_id = request_id_of(request)
+            caller = self._start(context)
+            release = UNLIMITED
+            try:
+                try:
+                    release = self._admit(caller, stream=True)
+                    await behavior(_decoded(request, self._method), context)
+                except BaseException as error:
+                    await self._failed(error, context, caller, started, request_id)
+            finally:
+                release()
+            self.account(caller, grpc.StatusCode.OK, started, request_id)
 
         return run
 
@@ -330,12 +418,16 @@ class _Calls:
             started = time.perf_counter()
             request_id = request_id_of(request)
             caller = self._start(context)
+            release = UNLIMITED
             try:
-                await self._admit(caller)
-                async for response in behavior(_decoded(request, self._method), context):
-                    yield response
-            except BaseException as error:
-                await self._failed(error, context, caller, started, request_id)
+                try:
+                    release = self._admit(caller, stream=True)
+                    async for response in behavior(_decoded(request, self._method), context):
+                        yield response
+                except BaseException as error:
+                    await self._failed(error, context, caller, started, request_id)
+            finally:
+                release()
             self.account(caller, grpc.StatusCode.OK, started, request_id)
 
         return run
@@ -354,11 +446,15 @@ class _Calls:
                         first.append(request_id_of(request))
                     yield _decoded(request, self._method)
 
+            release = UNLIMITED
             try:
-                await self._admit(caller)
-                response = await _result(behavior(noting_first_id(), context))
-            except BaseException as error:
-                await self._failed(error, context, caller, started, "".join(first))
+                try:
+                    release = self._admit(caller, stream=True)
+                    response = await _result(behavior(noting_first_id(), context))
+                except BaseException as error:
+                    await self._failed(error, context, caller, started, "".join(first))
+            finally:
+                release()
             self.account(caller, grpc.StatusCode.OK, started, "".join(first))
             return response
 
@@ -369,9 +465,11 @@ class _Calls:
             request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             caller = self._start(context)
-            exchanges = _Exchanges(self, caller)
+            idle = self._interceptor.stream_idle_seconds
+            exchanges = _Exchanges(self, caller, idle if self._interceptor.limits else None)
+            release = UNLIMITED
             try:
-                await self._admit(caller)
+                release = self._admit(caller, stream=True)
                 async for response in behavior(exchanges.requests(request_iterator), context):
                     exchanges.answered()
                     yield response
@@ -384,5 +482,7 @@ class _Calls:
                 if ending is None:
                     raise
                 await _end(context, ending)
+            finally:
+                release()
 
         return run

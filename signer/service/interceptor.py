@@ -97,8 +97,8 @@ def _settle(
 ) -> tuple[grpc.StatusCode, Refusal | None]:
     """The code to account for ``error``, and the refusal to end with (None: already ended)."""
     if isinstance(error, SignerError):
-        log.info("%s refused for %s: %s", method, caller_identity(context), error)
         ending = refusal(error)
+        log.info("%s refused for %s: %s", method, caller_identity(context), ending.message)
         return ending.code, ending
     chosen = context.code()
     if chosen is not None and chosen is not grpc.StatusCode.OK:

@@ -23,11 +23,13 @@ from signer.keys.dual_control import PendingChange
 from signer.keys.governance import ACTIONS, Action, ChangeDocument, Endorsement, Role
 from signer.keys.snapshot import KeyView
 from signer.service.auth import certificate_identities
+from signer.service.echo import shown
 from signer.service.metrics import Metrics
 from signer.service.signing import timestamp
 from signer.v1 import key_admin_pb2, key_admin_pb2_grpc
 
 _MAX_REASON = 500
+MAX_OFFICER_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,12 @@ def officer_of(
     person = claimed.strip().casefold()
     if not person:
         raise InvalidRequest("officer is required: say who you are (e.g. --officer alice)")
-    return Officer(person[:64], person[:64], b"")
+    if len(person) > MAX_OFFICER_CHARS or not person.isprintable():
+        raise InvalidRequest(
+            f"officer {shown(claimed)} is not a name: at most {MAX_OFFICER_CHARS} printable"
+            " characters (e.g. --officer alice)"
+        )
+    return Officer(person, person, b"")
 
 
 def key_info(view: KeyView, signatures_total: int = 0) -> key_admin_pb2.KeyInfo:

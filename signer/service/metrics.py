@@ -47,6 +47,8 @@ class LiveState:
     keys: tuple[KeyGaugeRow, ...]
     hsm_pending_digests: int = 0
     hsm_sign_jobs: int = 0
+    open_calls: int = 0
+    open_streams: int = 0
 
 
 class _LiveCollector(Collector):
@@ -79,6 +81,16 @@ class _LiveCollector(Collector):
             "signer_hsm_up", "1 when the HSM answered the last health probe.", float(state.hsm_up)
         )
         yield _gauge("signer_serving", "1 when the health status is SERVING.", float(state.serving))
+        yield _gauge(
+            "signer_open_calls",
+            "Calls open now that count against [limits] (every RPC but health checks).",
+            state.open_calls,
+        )
+        yield _gauge(
+            "signer_open_streams",
+            "Streaming calls open now (part of the calls).",
+            state.open_streams,
+        )
         yield _gauge(
             "signer_audit_healthy",
             "1 when the audit log can be written.",
@@ -139,6 +151,14 @@ HSM_ERROR_KINDS = ("ping", "HsmError", "HsmUnavailable")
 classes a signing request can meet."""
 AUTH_REFUSAL_REASONS = ("no_certificate", "unknown_identity", "wrong_role")
 QUOTA_REASONS = ("rate", "concurrency", "batch_over_burst")
+LIMIT_NAMES = (
+    "max_calls",
+    "max_calls_per_identity",
+    "max_streams",
+    "max_streams_per_identity",
+    "stream_idle_seconds",
+)
+"""The ``limit`` label values of ``signer_limit_refusals_total``: the ``[limits]`` settings."""
 
 
 class Metrics:
@@ -198,6 +218,19 @@ class Metrics:
         self.quota_rejections = Counter(
             "signer_quota_rejections", "Requests refused by a quota.", ["reason"], registry=r
         )
+        self.limit_refusals = Counter(
+            "signer_limit_refusals",
+            "Calls refused, and idle streams ended, by a [limits] setting.",
+            ["limit"],
+            registry=r,
+        )
+        self.identity_requests = Counter(
+            "signer_identity_requests",
+            "gRPC requests by caller identity (the name that granted the role; 'unknown' for"
+            " callers without a role).",
+            ["identity", "code"],
+            registry=r,
+        )
         self.key_warnings = Counter(
             "signer_key_expiry_warnings",
             "Warnings that a key will soon stop signing.",
@@ -222,6 +255,8 @@ class Metrics:
             self.auth_refusals.labels(reason)
         for reason in QUOTA_REASONS:
             self.quota_rejections.labels(reason)
+        for limit in LIMIT_NAMES:
+            self.limit_refusals.labels(limit)
         for profile in profiles:
             self.key_warnings.labels(profile)
             self.keys_revoked.labels(profile)

@@ -15,6 +15,7 @@ import grpc
 
 from signer.errors import KidNotAccepted, QuotaExceeded, SignerError
 from signer.metadata import CURRENT_KID_METADATA, RETRY_AFTER_METADATA
+from signer.service.echo import bounded_message, escaped
 from signer.service.metrics import Metrics
 from signer.service.status import status_code
 
@@ -41,13 +42,14 @@ INTERNAL = Refusal(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def refusal(error: SignerError) -> Refusal:
-    """The status code, message and trailing metadata that belong to ``error``."""
+    """The status code, message and trailing metadata that belong to ``error``; the message is
+    one line and bounded, whatever client strings the error quotes."""
     trailing: list[tuple[str, str | bytes]] = []
     if isinstance(error, KidNotAccepted) and error.current_kid:
         trailing.append((CURRENT_KID_METADATA, error.current_kid))
     if isinstance(error, QuotaExceeded):
         trailing.append((RETRY_AFTER_METADATA, f"{error.retry_after:.3f}"))
-    return Refusal(status_code(error), str(error), tuple(trailing))
+    return Refusal(status_code(error), bounded_message(str(error)), tuple(trailing))
 
 
 def method_name(full_method: str) -> str:
@@ -56,8 +58,9 @@ def method_name(full_method: str) -> str:
 
 
 def request_id_of(message: object) -> str:
-    """The caller's ``request_id`` of a request message, empty where it has none."""
-    return str(getattr(message, "request_id", ""))[:REQUEST_ID_LIMIT]
+    """The caller's ``request_id`` of a request message (cut and escaped for the access log),
+    empty where it has none."""
+    return escaped(str(getattr(message, "request_id", ""))[:REQUEST_ID_LIMIT])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ The gRPC server is ``grpc.aio``: one event loop serves every call, carries the H
 pipes and receives the audit writer's confirmations, so a signing request crosses no thread
 until its audit record is written. Blocking work (key ceremonies, audit queries, health probes,
 the key refresher) runs in threads.
+
+Callers are held to ``[limits]`` by the interceptor; grpc's own ``maximum_concurrent_rpcs``
+stays above them only as a backstop, because it refuses every call alike, health checks too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -33,11 +37,13 @@ from signer.keys.policy import seconds_until_dsc_expiry, seconds_until_stop_sign
 from signer.keys.registry import KeyRegistry, make_registry
 from signer.service.aio_interceptor import CallInterceptor
 from signer.service.audit_service import AuditService
-from signer.service.auth import Roles
+from signer.service.auth import AuthRefusal, Roles
 from signer.service.health import SERVICES, HealthFacts, HealthMonitor
 from signer.service.key_admin import KeyAdminService
+from signer.service.limits import CallLimits
 from signer.service.metrics import KeyGaugeRow, LiveState, Metrics
 from signer.service.quota import Quotas
+from signer.service.refusals import RefusalRecord, RefusalTally
 from signer.service.signing import SigningService
 from signer.service.threaded import InThreads
 from signer.service.trail import AuditTrail, open_audit_log
@@ -53,6 +59,10 @@ from signer.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+BACKSTOP_HEADROOM = 256
+"""Calls grpc admits beyond ``[limits] max_calls``: health checks and calls on their way to be
+refused by the limits."""
 
 
 def is_loopback(listen: str) -> bool:
@@ -126,6 +136,10 @@ class Daemon:
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._grace = 5.0
+        self.refusals = RefusalTally(settings.limits.refusal_window_seconds)
+        self.limits = CallLimits(
+            settings.limits, lambda name: self.metrics.limit_refusals.labels(name).inc()
+        )
 
     def start(self) -> None:
         """Start workers, open audit and keys, then serve gRPC and metrics."""
@@ -167,9 +181,10 @@ class Daemon:
             self.metrics.watch(self._live_state)
             self.metrics.serve(s.metrics.listen)
         self._spawn(self.registry.run_refresher, "key-refresher")
-        task = loop.create_task(self.health.run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for job in (self.health.run(), self._record_refusals()):
+            task = loop.create_task(job)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         log.info("signer serving on %s with %d HSM workers", s.server.listen, self.pool.size)
 
     def _grpc_server(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
@@ -179,9 +194,11 @@ class Daemon:
         limit = s.server.max_message_bytes
         interceptor = CallInterceptor(
             self.metrics,
-            Roles.from_settings(s.roles),
+            Roles.from_settings(s.roles, s.officers),
             enforce=credentials is not None,
             on_refusal=self._auth_refused,
+            limits=self.limits,
+            stream_idle_seconds=s.limits.stream_idle_seconds,
         )
         server = grpc.aio.server(
             migration_thread_pool=self._blocking,
@@ -191,7 +208,7 @@ class Daemon:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=s.server.threads * 8,
+            maximum_concurrent_rpcs=s.limits.max_calls + BACKSTOP_HEADROOM,
         )
         quotas = Quotas(s.quota, on_reject=lambda r: self.metrics.quota_rejections.labels(r).inc())
         signing_pb2_grpc.add_SigningServicer_to_server(
@@ -222,7 +239,8 @@ class Daemon:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
-        reflection.enable_server_reflection(services, server)
+        if s.server.reflection:
+            reflection.enable_server_reflection(services, server)
         if credentials is None:
             self.port = server.add_insecure_port(s.server.listen)
         else:
@@ -259,15 +277,31 @@ class Daemon:
         except SignerError:
             log.error("could not record a rejected key record in the audit log")
 
-    async def _auth_refused(self, reason: str, identity: str, method: str) -> None:
-        self.metrics.auth_refusals.labels(reason).inc()
-        if self.trail is not None:
+    def _auth_refused(self, refused: AuthRefusal, method: str) -> bool:
+        """Tally a refused caller (the tally reaches the audit log when its window ends); True
+        for the first refusal of its identity and reason in the window."""
+        return self.refusals.note(refused.reason, refused.identity, method, refused.subject)
+
+    async def _record_refusals(self) -> None:
+        """Write the refusals of each window once it has ended (and the rest at shutdown)."""
+        while True:
+            await asyncio.sleep(max(0.0, self.refusals.next_boundary() - time.time()))
+            due = self.refusals.due()
+            if due:
+                await asyncio.to_thread(self._write_refusals, due)
+
+    def _write_refusals(self, records: list[RefusalRecord]) -> None:
+        assert self.trail is not None
+        for record in records:
             try:
-                await self.trail.record_event_async(
-                    "auth_refused", {"reason": reason, "method": method}, identity=identity
-                )
+                self.trail.record_event("auth_refused", record.details(), identity=record.identity)
             except SignerError:
-                log.error("could not record an authentication refusal in the audit log")
+                log.error(
+                    "could not record %d refusals (%s) of %s in the audit log",
+                    record.count,
+                    record.reason,
+                    record.identity,
+                )
 
     def _health_now(self) -> None:
         """Re-check health soon (from any thread)."""
@@ -358,6 +392,8 @@ class Daemon:
             keys=tuple(rows),
             hsm_pending_digests=self.pool.pending_digests,
             hsm_sign_jobs=self.pool.sign_jobs,
+            open_calls=self.limits.calls,
+            open_streams=self.limits.streams,
         )
 
     def _spawn(self, target: object, name: str) -> None:
@@ -397,11 +433,12 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         if self.trail is not None and self.trail.log is not None:
-            await asyncio.to_thread(self._close_audit)
+            await asyncio.to_thread(self._close_audit, self.refusals.drain())
         await self.pool.aclose()
 
-    def _close_audit(self) -> None:
+    def _close_audit(self, refusals: list[RefusalRecord]) -> None:
         assert self.trail is not None and self.trail.log is not None
+        self._write_refusals(refusals)
         try:
             self.trail.record_event("daemon_stop", {})
             self.trail.log.close()

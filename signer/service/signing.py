@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter
 
-from signer.errors import AuditError, HsmError, InvalidRequest
+from signer.errors import AuditError, HsmError
 from signer.hsm.jobs import Done
 from signer.keys.registry import KeyRegistry
 from signer.keys.snapshot import KeyView
@@ -28,7 +28,13 @@ from signer.service.auth import current_identity
 from signer.service.metrics import Metrics
 from signer.service.quota import Quotas
 from signer.service.trail import Durable
-from signer.service.validation import check_request_id, encoding_for, read_digests
+from signer.service.validation import (
+    check_kid,
+    check_profile,
+    check_request_id,
+    encoding_for,
+    read_digests,
+)
 from signer.sigformat import P256_COORDINATE_BYTES, P256_SIGNATURE_BYTES, SignatureEncoding
 from signer.v1 import signing_pb2, signing_pb2_grpc
 
@@ -189,7 +195,7 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         self, request: signing_pb2.GetSigningKeyRequest, context: grpc.aio.ServicerContext
     ) -> signing_pb2.SigningKey:
         """The key that signs new requests of the profile now, and this server's max_batch."""
-        view = self._registry.signing_key(request.profile)
+        view = self._registry.signing_key(check_profile(request.profile))
         return signing_key_message(view, self._max_batch)
 
     async def SignBatch(
@@ -214,13 +220,8 @@ class SigningService(signing_pb2_grpc.SigningServicer):
         encoding = encoding_for(request.format)
         request_id = check_request_id(request.request_id)
         digests, packed = read_digests(request.digests, request.packed_digests, self._max_batch)
-        kid = request.kid
-        if not kid:
-            raise InvalidRequest(
-                "kid is required: call GetSigningKey and send the kid you put in the protected"
-                " header"
-            )
-        profile = request.profile
+        kid = check_kid(request.kid)
+        profile = check_profile(request.profile)
         record = self._registry.key_for_kid(profile, kid)
         if not self._audit.healthy:
             raise AuditError(

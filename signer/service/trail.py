@@ -23,6 +23,7 @@ from signer.audit.log import AppendResult, AuditLog
 from signer.config import Settings
 from signer.errors import AuditError
 from signer.hsm.api import Token, digest_signer
+from signer.service.auth import CALLER
 from signer.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,20 @@ class AuditTrail:
         return await asyncio.to_thread(self.record_event, event, details, identity)
 
     def record_event(self, event: str, details: Mapping[str, Any], identity: str = "") -> int:
-        """Record a lifecycle, daemon or security event."""
+        """Record a lifecycle, daemon or security event.
+
+        An officer's event is recorded under the calling officer's identity (the person and
+        the certificate name that made them one, e.g. ``alice/SHA256:...``) when that officer
+        makes the current call, else under the person named in ``details``.
+        """
         clean = {k: v for k, v in details.items() if v is not None}
+        officer = str(clean.get("officer", ""))
+        caller = CALLER.get(None)
+        if not identity and officer and caller is not None and caller.person == officer:
+            identity = caller.identity
         return self._append(
             EventType(event),
-            identity=identity or str(clean.get("officer", "")) or None,
+            identity=identity or officer or None,
             profile=str(clean["profile"]) if "profile" in clean else None,
             details=clean,
         )

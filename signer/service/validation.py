@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from signer.errors import InvalidRequest
+from signer.service.echo import shown
 from signer.sigformat import SHA256_DIGEST_BYTES, SignatureEncoding
 
 MAX_REQUEST_ID_CHARS = 128
+MAX_PROFILE_CHARS = 64
+KID_BYTES = 8
+"""A kid is the first 8 bytes of SHA-256 over the DSC (DESIGN.md §2)."""
 
 
 def check_count(count: int, max_batch: int) -> None:
@@ -61,10 +65,36 @@ def read_digests(
 def check_request_id(request_id: str) -> str:
     """Refuse request ids that would bloat the audit log or the logs."""
     if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters")
+        raise InvalidRequest(
+            f"request_id {shown(request_id)} is longer than {MAX_REQUEST_ID_CHARS} characters"
+        )
     if not request_id.isprintable():
-        raise InvalidRequest("request_id contains non-printable characters")
+        raise InvalidRequest(f"request_id {shown(request_id)} contains non-printable characters")
     return request_id
+
+
+def check_profile(profile: str) -> str:
+    """Refuse a profile name far longer than any profile (before it is looked up or quoted)."""
+    if len(profile) > MAX_PROFILE_CHARS:
+        raise InvalidRequest(
+            f"profile {shown(profile)} is longer than {MAX_PROFILE_CHARS} characters; a profile"
+            " is a short name such as 'vaccination'"
+        )
+    return profile
+
+
+def check_kid(kid: bytes) -> bytes:
+    """Refuse a missing kid, or one that cannot be a kid (not 8 bytes)."""
+    if not kid:
+        raise InvalidRequest(
+            "kid is required: call GetSigningKey and send the kid you put in the protected header"
+        )
+    if len(kid) != KID_BYTES:
+        raise InvalidRequest(
+            f"kid {shown(kid, 16)} is {len(kid)} bytes; a kid is the first {KID_BYTES} bytes of"
+            " SHA-256 over the DSC: call GetSigningKey and send the kid it returns"
+        )
+    return kid
 
 
 def encoding_for(format_value: int) -> SignatureEncoding:
