@@ -25,10 +25,13 @@ from signer.client.officer import OfficerCredential, OfficerSession
 from signer.config import load
 from signer.hsm.keystore import put_record, records
 from signer.keys.lifecycle import KeyRecord, KeyState
+from signer.store.api import RecordKind
+from signer.store.select import open_store
 from signer.v1 import key_admin_pb2
 from tests.conftest import Appliance, MakeAppliance, metric_value, mtls_overrides
 from tests.test_hsm_keys import own_session
 from tests.test_key_ceremony import dev_cert, digests, key_set, sign
+from tests.test_record_store import postgres  # noqa: F401 (session fixture)
 
 PROFILE = "vaccination"
 TWO = {"keys": {"approvals_required": 2, "overlap_minutes": 10}}
@@ -306,3 +309,58 @@ def test_the_readme_ceremony_runs_as_written_with_two_persons(
     tail = app.cli("audit", "tail", "--dir", str(app.audit_dir), "--json", "-n", "40")
     text = tail.stdout.decode()
     assert "rotated to next" in text and "alice, bob" in text
+
+
+@pytest.mark.parametrize("backend", ["directory", "postgresql"])
+def test_signed_ceremony_and_forgery_refusal_on_every_store(
+    make_appliance: MakeAppliance, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The governed ceremony (two persons) and the refusal of an unsigned rewrite, with the
+    records in a folder or in PostgreSQL instead of on the token."""
+    if backend == "directory":
+        store: dict[str, object] = {"backend": "directory", "path": str(tmp_path / "records")}
+    else:
+        server = request.getfixturevalue("postgres")
+        store = {
+            "backend": "postgresql",
+            "dsn": server.dsn_for(tmp_path),
+            "password_file": str(server.password_file),
+        }
+    app = make_appliance({**TWO, "store": store}, mtls=True)
+    old = app.signing_key()
+    key_id = ready(app, "on-" + backend, tmp_path)
+    change = session(app, "officer").request("activate", key_id).change
+    assert session(app, "officer2").approve(change.change_id).applied
+    deadline = time.monotonic() + 15
+    while app.signing_key().key_id != key_id and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app.signing_key().key_id == key_id
+    assert old.key_id in key_set(app)
+    opened = open_store(load(app.config_path), _NoToken())
+    stored = opened.load_all(RecordKind.KEY)[old.key_id]
+    record = KeyRecord.from_cbor(stored.value)
+    forged = KeyRecord(**{**record.__dict__, "state": KeyState.READY, "activate_at": None})
+    unsigned_revival = KeyRecord(
+        **{**forged.__dict__, "state": KeyState.SCHEDULED, "activate_at": datetime.now(UTC)}
+    )
+    opened.put(RecordKind.KEY, old.key_id, stored.generation, unsigned_revival.to_cbor())
+    deadline = time.monotonic() + 15
+    while not metric_value(app.metrics_text(), "signer_records_rejected_total"):
+        assert time.monotonic() < deadline, "the rewrite was not refused"
+        time.sleep(0.2)
+    assert app.signing_key().key_id == key_id
+
+
+class _NoToken:
+    """The token face a directory or PostgreSQL store never uses."""
+
+    def data_objects(self, application: str) -> dict[str, tuple[int, bytes]]:
+        raise AssertionError("the token is not the store here")
+
+    def put_data_object(
+        self, application: str, name: str, expected_generation: int, value: bytes
+    ) -> int:
+        raise AssertionError("the token is not the store here")
+
+    def delete_data_object(self, application: str, name: str, expected_generation: int) -> None:
+        raise AssertionError("the token is not the store here")

@@ -77,7 +77,13 @@ class Appliance:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.governance = Governance(OFFICERS, CA.certificate, self.settings.approvals_required)
+        self.governance = Governance(
+            OFFICERS,
+            CA.certificate,
+            self.settings.approvals_required,
+            change_ttl=self.settings.change_ttl,
+            takeover_notice=2 * self.settings.refresh_interval,
+        )
         self.registry = KeyRegistry(
             self.token,
             self.store,
@@ -348,7 +354,8 @@ def test_an_activation_moved_earlier_or_a_signature_moved_to_another_key_is_refu
     earlier = replace(app.registry.key(second).record, activate_at=T0 + timedelta(minutes=1))
     app.store.put(RecordKind.KEY, second, stored.generation, earlier.to_cbor())
     app.registry.refresh()
-    assert "activates earlier" in app.rejected[-1][1]
+    assert "moves the key's activation time" in app.rejected[-1][1]  # it had verified it
+    assert "activates earlier" in sibling(app).rejected[-1][1]  # a daemon seeing it first
     assert app.registry.key(second).record.activate_at == later
     third = app.ready_key("third")
     authority = app.registry.key(second).record.authority
@@ -437,3 +444,29 @@ def test_refusals_change_nothing() -> None:
         app.request("retire", "00" * 8)
     assert dict(app.store.load_all(RecordKind.KEY)) == before
     assert app.store.load_all(RecordKind.CHANGE) == {}
+
+
+def test_a_signed_activation_cannot_be_moved_later_to_bring_an_old_key_back() -> None:
+    """With only the PIN, re-timing an old key's signed activation would make it the newest
+    activation again and take over signing. A daemon that verified the record refuses any
+    re-timing; one that first sees it refuses a time beyond what the change allowed (its
+    approval window plus two refreshes' notice)."""
+    app = make()
+    old = app.ready_key("old")
+    app.activate_now(old)
+    new = app.ready_key("new")
+    app.request("activate", new)
+    app.clock.now = T0 + timedelta(minutes=1)
+    assert app.registry.signing_key(PROFILE).key_id == new
+    stored = app.store.load_all(RecordKind.KEY)[old]
+    record = app.registry.key(old).record
+    retimed = replace(record, activate_at=app.clock.now)
+    app.store.put(RecordKind.KEY, old, stored.generation, retimed.to_cbor())
+    app.registry.refresh()
+    assert "moves the key's activation time" in app.rejected[-1][1]
+    assert app.registry.signing_key(PROFILE).key_id == new
+    later = replace(record, activate_at=T0 + timedelta(days=2))
+    app.store.put(RecordKind.KEY, old, stored.generation + 1, later.to_cbor())
+    newcomer = sibling(app)
+    assert "activates later than change" in newcomer.rejected[-1][1]
+    assert newcomer.registry.signing_key(PROFILE).key_id == new

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, Literal, cast
 
 from cryptography import x509
@@ -238,6 +238,10 @@ class Governance:
     """The CA that issues officer certificates; None only without TLS (development)."""
     approvals_required: int
     revoke_approvals: int = 1
+    change_ttl: timedelta = timedelta(hours=24)
+    """How long a change may wait for its approvals (``[keys] change_ttl_minutes``)."""
+    takeover_notice: timedelta = timedelta(seconds=4)
+    """How much later than approved an activation may take effect: two refresh intervals."""
 
     @property
     def enforced(self) -> bool:
@@ -345,6 +349,12 @@ def record_problem(record: KeyRecord, rules: Governance, previous: KeyRecord | N
             return f"it moves the key back from {previous.state.value} to {record.state.value}"
         if previous.revoked_at is not None and record.revoked_at is None:
             return "it drops the key's revocation"
+        if (
+            previous.authority is not None
+            and previous.authority == record.authority
+            and previous.activate_at != record.activate_at
+        ):
+            return "it moves the key's activation time without a new signed change"
     wanted = _ACTION_BEHIND.get(record.state)
     if wanted is None or not rules.enforced:
         return ""
@@ -362,4 +372,9 @@ def record_problem(record: KeyRecord, rules: Governance, previous: KeyRecord | N
         floor = change.activate_at or change.requested_at
         if record.activate_at is None or record.activate_at < floor:
             return f"it activates earlier than change {change.change_id} allows ({floor})"
+        # Applying may postpone a takeover (the approval comes later; daemons need two
+        # refreshes' notice) but never beyond the change's approval window plus that notice.
+        ceiling = max(floor, change.requested_at + rules.change_ttl) + rules.takeover_notice
+        if record.activate_at > ceiling:
+            return f"it activates later than change {change.change_id} allows ({ceiling})"
     return ""

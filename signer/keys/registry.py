@@ -206,6 +206,8 @@ def governance_from(settings: Settings) -> Governance:
         client_ca,
         approvals_required=settings.keys.approvals_required,
         revoke_approvals=settings.keys.revoke_approvals,
+        change_ttl=settings.keys.change_ttl,
+        takeover_notice=2 * settings.keys.refresh_interval,
     )
 
 
