@@ -62,7 +62,12 @@ MAX_LINE_BYTES = 64 * 1024
 code (about 2.4 kB of text), so a longer line is refused unread."""
 MAX_CHUNK_SIZE = 10_000
 DEFAULT_RETRY_SECONDS = 60.0
-RETRYABLE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+RETRYABLE_STATUSES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
+)
+"""Statuses a chunk is retried after. CANCELLED is among them because the batch never cancels
+a call itself (Ctrl-C is a flag its loops check): a CANCELLED call is a daemon that went away
+in the middle of it (seen when a daemon restarts under a running batch)."""
 _FIRST_RETRY_DELAY = 0.5
 _MAX_RETRY_DELAY = 8.0
 _T = TypeVar("_T")
