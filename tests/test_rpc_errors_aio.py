@@ -24,7 +24,7 @@ from signer.service.aio_interceptor import CallInterceptor
 from signer.service.auth import CALLER, AuthRefusal, Roles
 from signer.service.metrics import Metrics
 from signer.v1.signing_pb2 import SignBatchRequest, SignBatchResponse
-from tests.test_rpc_errors import (
+from tests.rpc_cases import (
     CURRENT_KID,
     ERRORS,
     EXPECTED,

@@ -2,8 +2,7 @@
 
 A refusal is the status code, message and trailing metadata a :class:`SignerError` ends a call
 with; a :class:`CallRecord` is what one call adds to the metrics and the access log. The
-daemon's asyncio interceptor (:mod:`signer.service.aio_interceptor`) and the thread-pool one
-(:mod:`signer.service.interceptor`) both apply these.
+daemon's asyncio interceptor (:mod:`signer.service.aio_interceptor`) applies them.
 """
 
 from __future__ import annotations
