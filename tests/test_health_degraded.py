@@ -96,7 +96,7 @@ class ConfigPipe:
 def stopped_appliance(make_appliance: MakeAppliance) -> Iterator[Appliance]:
     if conftest.MODULE.module != SOFTHSM_MODULE:
         pytest.skip("needs SoftHSM loaded directly: the test serves its configuration file")
-    yield make_appliance({"hsm": {"workers": 3}}, start=False)
+    yield make_appliance({"hsm": {"workers": 3}}, start=False, mtls=True)
 
 
 def wait_for(what: str, condition: Callable[[], bool], app: Appliance, seconds: float = 60) -> None:
@@ -105,6 +105,12 @@ def wait_for(what: str, condition: Callable[[], bool], app: Appliance, seconds: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {seconds} s:\n{app.log()[-4000:]}")
         time.sleep(0.1)
+
+
+def health_cli(app: Appliance, service: str) -> tuple[int, bytes]:
+    """``signer health --service SERVICE``: exit code and output."""
+    done = app.cli("health", "--config", str(app.config_path), "--service", service, check=False)
+    return done.returncode, done.stdout
 
 
 def workers(app: Appliance) -> tuple[float, float]:
@@ -134,11 +140,14 @@ def test_starts_degraded_reports_it_and_recovers(stopped_appliance: Appliance) -
         assert pipe.served_bad >= 3
         assert app.health(WORKERS_SERVICE) == NOT_SERVING and app.health("") == SERVING
         assert "health: signer.hsm.workers NOT_SERVING: only 1 of 3 HSM workers run" in app.log()
+        assert health_cli(app, WORKERS_SERVICE) == (1, b"signer.hsm.workers: NOT_SERVING\n")
+        assert health_cli(app, "") == (0, b"SERVING\n")
 
         pipe.healed.set()
         wait_for("every worker back", lambda: workers(app) == (3, 3), app)
         wait_for("workers SERVING", lambda: app.health(WORKERS_SERVICE) == SERVING, app)
         assert app.health("") == SERVING
+        assert health_cli(app, WORKERS_SERVICE) == (0, b"signer.hsm.workers: SERVING\n")
         assert metric_value(app.metrics_text(), "signer_hsm_worker_restarts_total") == 2
         assert len(app.worker_pids()) == 3
         signed = sign(app, kid, digests(1000, b"recovered"))
