@@ -107,6 +107,11 @@ class PostgresServer:
         """Stop the server (fast shutdown: open sessions are ended)."""
         self._run(self._bin / "pg_ctl", "--pgdata", self.data, "--mode", "fast", "--wait", "stop")
 
+    def start_again(self) -> None:
+        """Start a server stopped with :meth:`stop` again: same data, socket and password."""
+        log = self.home / "log"
+        self._run(self._bin / "pg_ctl", "--pgdata", self.data, "--log", log, "--wait", "start")
+
     def _hand_over(self, path: Path) -> None:
         if self._account is not None:
             account = pwd.getpwnam(self._account)

@@ -3,7 +3,9 @@
 Health needs no role: any client certificate the appliance's client CA trusts may ask. The
 appliance reports the whole appliance (service ``""``) and each of its services; it is
 SERVING only when the HSM answers, a worker is up, the audit log is writable and every profile
-has an active key.
+has an active key. ``signer.v1.KeyAdmin`` is also NOT_SERVING while the record store cannot be
+reached, and ``signer.hsm.workers`` while fewer HSM workers run than configured; neither stops
+signing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SERVICES = ("", "signer.v1.Signing", "signer.v1.KeyAdmin", "signer.v1.Audit")
+SERVICES = ("", "signer.v1.Signing", "signer.v1.KeyAdmin", "signer.v1.Audit", "signer.hsm.workers")
 """The service names an appliance reports ("" is the appliance as a whole)."""
 SERVING = "SERVING"
 SERVICE_UNKNOWN = "SERVICE_UNKNOWN"

@@ -34,8 +34,9 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default="",
         choices=health.SERVICES,
         metavar="NAME",
-        help="one service (signer.v1.Signing, signer.v1.KeyAdmin, signer.v1.Audit);"
-        " default: the appliance as a whole",
+        help="one service (signer.v1.Signing, signer.v1.KeyAdmin: also NOT_SERVING while the"
+        " record store is unreachable, signer.v1.Audit, signer.hsm.workers: NOT_SERVING while"
+        " fewer HSM workers run than configured); default: the appliance as a whole",
     )
     parser.add_argument(
         "--watch", action="store_true", help="print the status, then each change, until stopped"

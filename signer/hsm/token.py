@@ -21,6 +21,7 @@ from pkcs11.exceptions import (
     SessionHandleInvalid,
     TokenNotPresent,
     TokenNotRecognised,
+    TokenWriteProtected,
 )
 
 from signer.config import HsmSettings, read_pin
@@ -97,6 +98,13 @@ def open_session(settings: HsmSettings, lib: Pkcs11Lib) -> Session:
         raise HsmError(
             f"the user PIN of token {settings.token_label!r} is locked;"
             " a security officer must reset it"
+        ) from None
+    except TokenWriteProtected:
+        raise HsmError(
+            f"the PKCS#11 module {settings.module} opens token {settings.token_label!r} only"
+            " read-only: signer needs a writable token (keys, certificates, its audit key); set"
+            " [hsm] module and token_label to a token of your HSM (`signer hsm probe --config"
+            " FILE` lists what a module offers)"
         ) from None
     except (GeneralError, FunctionFailed) as exc:
         # A refused PIN has codes of its own: these are the device's trouble, worth a retry.

@@ -26,7 +26,7 @@ from types import MappingProxyType
 from cryptography import x509
 
 from signer.config import KeySettings, Settings
-from signer.errors import KeyNotFound, PolicyError, SignerError
+from signer.errors import KeyNotFound, PolicyError, SignerError, StoreUnavailable
 from signer.hsm.api import Token
 from signer.keys import rotation
 from signer.keys.governance import Governance, Officers, record_problem
@@ -161,6 +161,8 @@ class KeyRegistry:
         while not self._stop.wait(self.settings.refresh_interval.total_seconds()):
             try:
                 self.refresh()
+            except StoreUnavailable as exc:  # reported once per outage by the daemon's store
+                log.debug("refreshing keys failed (%s); keeping the last view", exc)
             except Exception:
                 log.exception("refreshing keys failed; keeping the last view")
 

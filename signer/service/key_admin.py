@@ -128,18 +128,23 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         metrics: Metrics,
         on_change: Callable[[], None],
         audit_healthy: Callable[[], bool],
+        store_ready: Callable[[], None] = lambda: None,
     ) -> None:
         self._ceremonies = ceremonies
         self._metrics = metrics
         self._on_change = on_change
         self._audit_healthy = audit_healthy
+        self._store_ready = store_ready
 
     def _caller(self, context: grpc.ServicerContext, claimed: str) -> Officer:
-        """Who asks for a change; refused while key events cannot be audited."""
+        """Who asks for a change; refused while key events cannot be audited, or while the
+        record store is known to be unreachable (``store_ready`` raises StoreUnavailable naming
+        it), before anything is generated in the HSM."""
         if not self._audit_healthy():
             raise AuditError(
                 "the audit log cannot be written, so key changes are refused until it recovers"
             )
+        self._store_ready()
         return officer_of(
             context.auth_context(), claimed, self._ceremonies.registry.governance.officers.person_of
         )

@@ -49,6 +49,7 @@ class LiveState:
     hsm_sign_jobs: int = 0
     open_calls: int = 0
     open_streams: int = 0
+    store_up: bool = True
 
 
 class _LiveCollector(Collector):
@@ -95,6 +96,12 @@ class _LiveCollector(Collector):
             "signer_audit_healthy",
             "1 when the audit log can be written.",
             float(state.audit_healthy),
+        )
+        yield _gauge(
+            "signer_record_store_up",
+            "1 when the record store answered its last use (0: key changes refused, signing goes"
+            " on with the last verified key records).",
+            float(state.store_up),
         )
         yield _gauge(
             "signer_audit_last_sequence",

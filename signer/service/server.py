@@ -49,6 +49,7 @@ from signer.service.threaded import InThreads
 from signer.service.trail import AuditTrail, open_audit_log
 from signer.store.binding import check_binding
 from signer.store.select import open_store
+from signer.store.watched import WatchedStore
 from signer.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -120,6 +121,7 @@ class Daemon:
         self.pool = WorkerPool(settings.hsm)
         self.token = PooledToken(self.pool)
         self.registry: KeyRegistry | None = None
+        self.store: WatchedStore | None = None
         self.ceremonies: KeyCeremonies | None = None
         self.trail: AuditTrail | None = None
         self.health: HealthMonitor | None = None
@@ -156,8 +158,9 @@ class Daemon:
         self._hsm_ok = True
         audit_log = await asyncio.to_thread(self._open_audit)
         self.trail = AuditTrail(audit_log, self.metrics, self._health_now, loop)
-        store = await asyncio.to_thread(open_store, s, self.token)
-        await asyncio.to_thread(check_binding, self.token, store)
+        opened = await asyncio.to_thread(open_store, s, self.token)
+        await asyncio.to_thread(check_binding, self.token, opened)
+        store = self.store = WatchedStore(opened, self._health_now)
         self.registry = make_registry(self.token, store, s, self._record_rejected)
         await asyncio.to_thread(self.registry.refresh)
         self.ceremonies = make_ceremonies(
@@ -224,11 +227,13 @@ class Daemon:
             reflection.SERVICE_NAME,
         ]
         if self._admin_served():
+            assert self.store is not None
             key_admin = KeyAdminService(
                 self.ceremonies,
                 self.metrics,
                 self._health_now,
                 lambda: self.trail is not None and self.trail.healthy,
+                self.store.require_reachable,
             )
             key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
                 InThreads(key_admin, self._blocking), server
@@ -324,6 +329,8 @@ class Daemon:
             workers_up=self.pool.workers_up,
             audit_writable=self.trail.healthy,
             profiles_without_key=tuple(p for p, key in active.items() if key is None),
+            workers_configured=self.pool.size,
+            store_problem=self.store.problem if self.store is not None else None,
         )
 
     def _warn_expiring_keys(self, actives: Mapping[str, KeyRecord | None], now: datetime) -> None:
@@ -394,6 +401,7 @@ class Daemon:
             hsm_sign_jobs=self.pool.sign_jobs,
             open_calls=self.limits.calls,
             open_streams=self.limits.streams,
+            store_up=self.store is None or self.store.problem is None,
         )
 
     def _spawn(self, target: object, name: str) -> None:

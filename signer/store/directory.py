@@ -5,6 +5,10 @@ the store id is ``<root>/.store-id``.
 Writers take an exclusive ``flock`` on ``<root>/.lock`` (advisory locks also hold across
 hosts on NFSv4), compare generations, write a temporary file, fsync it and rename it over the
 record, then fsync the folder, so a reader sees the old record or the new one, never a mix.
+
+A folder that is missing or unreadable once the daemon runs (a shared file system unmounted,
+the folder moved away) fails the call with :class:`StoreUnavailable` naming the folder; it is
+never read as "no records". The next call looks again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from signer.audit.fileops import OsFileOps
-from signer.errors import ConfigError
+from signer.errors import ConfigError, StoreUnavailable
 from signer.store.api import (
     ABSENT,
     RecordKind,
@@ -46,18 +50,19 @@ class DirectoryRecordStore:
     def load_all(self, kind: RecordKind) -> Mapping[str, StoredRecord]:
         """See :meth:`signer.store.api.RecordStore.load_all`."""
         found = {}
-        for path in (self._root / kind.value).iterdir():
-            if path.name.startswith("."):
-                continue  # a temporary file of a writer
-            record = self._read(path)
-            if record is not None:
-                found[path.name] = record
+        with self._reachable():
+            for path in (self._root / kind.value).iterdir():
+                if path.name.startswith("."):
+                    continue  # a temporary file of a writer
+                record = self._read(path)
+                if record is not None:
+                    found[path.name] = record
         return found
 
     def put(self, kind: RecordKind, name: str, expected_generation: int, value: bytes) -> int:
         """See :meth:`signer.store.api.RecordStore.put`."""
         path = self._root / kind.value / check_name(name)
-        with self._locked():
+        with self._reachable(), self._locked():
             current = self._generation(path)
             if current != expected_generation:
                 raise conflict(f"{kind.value}/{name}", expected_generation, current)
@@ -69,7 +74,7 @@ class DirectoryRecordStore:
     def delete(self, kind: RecordKind, name: str, expected_generation: int) -> None:
         """See :meth:`signer.store.api.RecordStore.delete`."""
         path = self._root / kind.value / check_name(name)
-        with self._locked():
+        with self._reachable(), self._locked():
             current = self._generation(path)
             if current == ABSENT or current != expected_generation:
                 raise conflict(f"{kind.value}/{name}", expected_generation, current)
@@ -79,7 +84,7 @@ class DirectoryRecordStore:
     def store_id(self) -> str:
         """See :meth:`signer.store.api.RecordStore.store_id`."""
         path = self._root / _STORE_ID_FILE
-        with self._locked():
+        with self._reachable(), self._locked():
             try:
                 return path.read_text(encoding="ascii", errors="replace").strip()
             except FileNotFoundError:
@@ -110,6 +115,17 @@ class DirectoryRecordStore:
             return None
         generation = int.from_bytes(blob[:_GENERATION_BYTES], "big")
         return StoredRecord(path.name, generation, blob[_GENERATION_BYTES:])
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Turn the folder's I/O errors into :class:`StoreUnavailable` naming the folder."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"record store folder {self._root} cannot be used: {exc.strerror or exc};"
+                " check that it is mounted and readable, the next request tries again"
+            ) from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
