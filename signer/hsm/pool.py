@@ -105,6 +105,8 @@ class _Job:
     retries_left: int = 1
     worker: _Worker | None = None
     deadline: float = 0.0
+    failure: HsmUnavailable | None = None
+    """Why the job was retried, its answer if the retry fails too."""
 
     @property
     def name(self) -> str:
@@ -258,6 +260,11 @@ class WorkerPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._restarting: set[asyncio.Task[None]] = set()
         self._restart_gate: asyncio.Lock | None = None
+        self._hsm_down = False
+        """A worker met an unavailable HSM, or could not start, since the last one started."""
+        self._starved_since: float | None = None
+        """Since when signing requests wait with no worker to take them (a replacement is
+        starting); they fail at the timeout."""
         self._closing = False
         self.restarts = 0
         self.sign_jobs = 0
@@ -524,7 +531,11 @@ class WorkerPool:
         while self._queue:
             worker = self._free_worker()
             if worker is None:
-                if not any(w is not None and w.usable for w in self._workers):
+                if not any(w is not None and w.usable for w in self._workers) and (
+                    self._hsm_down or not self._restarting
+                ):
+                    # Nothing to wait for: fail now. A worker that is merely being replaced
+                    # (killed at a timeout, crashed) gets the requests when it is up.
                     self._queue.fail_all(HsmUnavailable(NO_WORKER))
                 return
             parts = self._queue.take() if worker.signing == 0 else self._queue.take_chunk()
@@ -581,6 +592,7 @@ class WorkerPool:
             error = value if isinstance(value, SignerError) else HsmError(str(value))
             if isinstance(error, HsmUnavailable) and not worker.retiring:
                 worker.retiring = True
+                self._hsm_down = True
                 log.warning(
                     "HSM worker %d (pid %d): %s; it ends and a new one starts",
                     worker.index,
@@ -605,6 +617,7 @@ class WorkerPool:
         once on another worker (with a timeout of its own there) or fails, and the worker's
         other jobs are retried elsewhere when its end is noticed (:meth:`_lost`)."""
         now = time.monotonic()
+        self._fail_starved(now)
         for worker in self._workers:
             if worker is None or not worker.alive or worker.killed or not worker.pending:
                 continue
@@ -618,20 +631,27 @@ class WorkerPool:
             )
             worker.killed = worker.retiring = True
             worker.process.kill()
+            job.failure = HsmUnavailable(
+                f"HSM unavailable: the HSM did not answer {job.name} within"
+                f" {self._settings.timeout_seconds:g} s; check the HSM"
+            )
             if job.retries_left > 0:
                 job.retries_left -= 1
                 self._dispatch(job, exclude=worker.index)
                 continue
-            _settle_job(
-                job,
-                None,
-                HsmUnavailable(
-                    f"HSM unavailable: the HSM did not answer {job.name} within"
-                    f" {self._settings.timeout_seconds:g} s; check the HSM"
-                ),
-            )
+            _settle_job(job, None, job.failure)
         if not self._closing and self._loop is not None:
             self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _fail_starved(self, now: float) -> None:
+        """Fail the signing requests that waited ``timeout_seconds`` for a worker in vain."""
+        if not self._queue or any(w is not None and w.usable for w in self._workers):
+            self._starved_since = None
+        elif self._starved_since is None:
+            self._starved_since = now
+        elif now - self._starved_since >= self._settings.timeout_seconds:
+            self._starved_since = None
+            self._queue.fail_all(HsmUnavailable(NO_WORKER))
 
     def _lost(self, worker: _Worker) -> None:
         if not worker.alive:
@@ -653,7 +673,7 @@ class WorkerPool:
                 job.retries_left -= 1
                 self._dispatch(job, exclude=worker.index)
             else:
-                error = HsmUnavailable(
+                error = job.failure or HsmUnavailable(
                     f"HSM unavailable: HSM worker {worker.index} ended during {job.name}; retry"
                 )
                 _settle_job(job, None, error)
@@ -673,6 +693,7 @@ class WorkerPool:
             return None
         await loop.connect_accepted_socket(partial(_Link, self, worker), sock)
         self._workers[index] = worker
+        self._hsm_down = False
         log.info("HSM worker %d started (pid %d)", index, started.pid)
         self._pump()
         return started.calibration
@@ -736,6 +757,8 @@ class WorkerPool:
                         return
                     await self._start_worker(index)
             except (SignerError, OSError) as exc:
+                self._hsm_down = True
+                self._pump()  # requests that waited for this worker fail now
                 log.error("HSM worker %d could not restart: %s", index, exc)
                 continue
             if not self._closing:
