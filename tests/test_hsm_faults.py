@@ -279,3 +279,20 @@ def test_missing_token_folder_at_start_is_unavailable(make_appliance: MakeApplia
     assert "HSM unavailable" in line and "token folder" in line
     assert str(tokens) in line or str(tokens)[:60] in line
     appliance.start()  # and with the folder back, the same config serves
+
+
+def test_softhsm_diagnosis_is_only_for_softhsm(tmp_path: Path) -> None:
+    """p11-kit's client in front of SoftHSM ignores SOFTHSM2_CONF: a stale one must not turn
+    an unreachable server into a configuration error."""
+    from pkcs11.exceptions import GeneralError
+
+    from signer.errors import ConfigError, HsmUnavailable
+    from signer.hsm.loadfail import load_failure
+
+    stale = str(tmp_path / "deleted" / "softhsm2.conf")
+    other = load_failure(
+        Path("/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"), GeneralError(), stale
+    )
+    assert isinstance(other, HsmUnavailable) and "C_Initialize: GeneralError" in str(other)
+    softhsm = load_failure(SOFTHSM_MODULE, GeneralError(), stale)
+    assert isinstance(softhsm, ConfigError) and stale in str(softhsm)

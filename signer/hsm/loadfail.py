@@ -59,9 +59,11 @@ def load_failure(module: Path, error: BaseException, softhsm_conf: str | None) -
 
 
 def _softhsm_conf(module: Path, variable: str | None) -> Path | None:
-    if variable:
-        return Path(variable)
-    return SOFTHSM_DEFAULT_CONF if "softhsm" in module.name.lower() else None
+    """The configuration file SoftHSM reads, or None when the module is not SoftHSM (another
+    module, p11-kit's client in front of SoftHSM too, ignores SOFTHSM2_CONF)."""
+    if "softhsm" not in module.resolve().name.lower():
+        return None
+    return Path(variable) if variable else SOFTHSM_DEFAULT_CONF
 
 
 def _softhsm_problem(doing: str, conf: Path) -> SignerError | None:
