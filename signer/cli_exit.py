@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
-from signer.errors import ConfigError, SignerError, StoreUnavailable
+from signer.errors import ConfigError, HsmUnavailable, SignerError, StoreUnavailable
 
 PREFIX = "signer: "
 MAX_MESSAGE_CHARS = 500
@@ -37,7 +37,7 @@ class ExitCode(IntEnum):
     # intact log that records a repair which cut records (log_repaired).
     FINDING = 3
     # EX_UNAVAILABLE: the daemon cannot be reached or answered UNAVAILABLE/DEADLINE_EXCEEDED,
-    # or the record store cannot be reached (``signer serve`` at start, local tools).
+    # or the record store or the HSM cannot be reached (``signer serve`` at start, local tools).
     UNAVAILABLE = 69
     # EX_CONFIG: the configuration file or a file it names is unusable (systemd need not
     # restart a daemon whose configuration is wrong).
@@ -94,8 +94,9 @@ def failure(error: BaseException) -> Failure:
         return Failure(ExitCode.USAGE, bounded(str(error)))
     if isinstance(error, ConfigError):
         return Failure(ExitCode.CONFIG, bounded(str(error)))
-    if isinstance(error, StoreUnavailable):
-        # The store's message names its address; systemd restarts a daemon that exits 69.
+    if isinstance(error, StoreUnavailable | HsmUnavailable):
+        # The message names the store's address or what of the HSM is missing; systemd
+        # restarts a daemon that exits 69.
         return Failure(ExitCode.UNAVAILABLE, bounded(str(error)))
     if isinstance(error, SignerError):
         return Failure(ExitCode.REFUSED, bounded(str(error)))

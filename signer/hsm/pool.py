@@ -26,9 +26,14 @@ sign from session copies of their keys. Later workers that cannot start leave th
 while they are started again in the background.
 
 A worker that dies is replaced; a job that may be retried is dispatched once more to another
-worker, and fails with :class:`HsmUnavailable` when that is not possible. A worker that sits on
-a job for ``[hsm] timeout_seconds`` is killed (and replaced) and the job fails with
-HsmUnavailable. The typed face of the pool is :class:`signer.hsm.pooled.PooledToken`.
+worker, and fails with :class:`HsmUnavailable` when that is not possible. A worker that answered
+HsmUnavailable (token gone, session or login lost) ends itself and is replaced the same way:
+only a new process, with its own ``C_Initialize``, sees the token again. Replacements start one
+at a time, with backoff while the HSM stays unavailable. A worker that sits on a job for
+``[hsm] timeout_seconds`` is killed (and replaced) and the job fails with HsmUnavailable; the
+time counts from when the worker took the job up (a job waiting in its pipe behind another, or
+retried on a new worker, starts its own full timeout then), so a hung worker's jobs never make
+a healthy one look hung. The typed face of the pool is :class:`signer.hsm.pooled.PooledToken`.
 """
 
 from __future__ import annotations
@@ -61,13 +66,16 @@ from signer.hsm.worker import READY, WorkerStarted, worker_main
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 60.0
-RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0)
+"""Pauses before the attempts to replace a worker; the last repeats while the HSM stays away."""
 START_BACKOFF_SECONDS = (0.5, 1.0, 2.0)
 """Pauses between the attempts to start the first worker: a transient login error is retried."""
 DEPTH = 2
 """Signing jobs a worker holds at once: the one it signs and the next, waiting in its pipe."""
 SWEEP_SECONDS = 0.05
 """How often jobs are checked against their deadline."""
+
+NO_WORKER = "HSM unavailable: no HSM worker process is running; check the HSM and the log"
 
 T = TypeVar("T")
 Call = Callable[[TokenSession], T]
@@ -97,6 +105,8 @@ class _Job:
     retries_left: int = 1
     worker: _Worker | None = None
     deadline: float = 0.0
+    failure: HsmUnavailable | None = None
+    """Why the job was retried, its answer if the retry fails too."""
 
     @property
     def name(self) -> str:
@@ -140,6 +150,14 @@ class _Worker:
         self.signing = 0
         self.load = 0
         self.alive = True
+        self.retiring = False
+        """It answered HsmUnavailable and is ending itself, or was killed: no new jobs."""
+        self.killed = False
+
+    @property
+    def usable(self) -> bool:
+        """Alive, connected and not ending: it may take jobs."""
+        return self.alive and not self.retiring and self.transport is not None
 
 
 class _Link(asyncio.Protocol):
@@ -241,6 +259,12 @@ class WorkerPool:
         self._own: _LoopThread | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._restarting: set[asyncio.Task[None]] = set()
+        self._restart_gate: asyncio.Lock | None = None
+        self._hsm_down = False
+        """A worker met an unavailable HSM, or could not start, since the last one started."""
+        self._starved_since: float | None = None
+        """Since when signing requests wait with no worker to take them (a replacement is
+        starting); they fail at the timeout."""
         self._closing = False
         self.restarts = 0
         self.sign_jobs = 0
@@ -291,6 +315,7 @@ class WorkerPool:
         """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._restart_gate = asyncio.Lock()
         missing: list[int] = []
         try:
             await self._start_first()
@@ -457,7 +482,7 @@ class WorkerPool:
 
         def send_all() -> None:
             for worker in self._workers:
-                if worker is not None and worker.alive:
+                if worker is not None and worker.usable:
                     future: concurrent.futures.Future[T] = concurrent.futures.Future()
                     futures.append(future)
                     self._send(worker, _Job(call, _to_future(future), retries_left=0))
@@ -506,10 +531,12 @@ class WorkerPool:
         while self._queue:
             worker = self._free_worker()
             if worker is None:
-                if not any(w is not None and w.alive for w in self._workers):
-                    self._queue.fail_all(
-                        HsmUnavailable("no HSM worker process is running; check the HSM and logs")
-                    )
+                if not any(w is not None and w.usable for w in self._workers) and (
+                    self._hsm_down or not self._restarting
+                ):
+                    # Nothing to wait for: fail now. A worker that is merely being replaced
+                    # (killed at a timeout, crashed) gets the requests when it is up.
+                    self._queue.fail_all(HsmUnavailable(NO_WORKER))
                 return
             parts = self._queue.take() if worker.signing == 0 else self._queue.take_chunk()
             if parts is None:
@@ -527,8 +554,7 @@ class WorkerPool:
         for worker in self._workers:
             if (
                 worker is not None
-                and worker.alive
-                and worker.transport is not None
+                and worker.usable
                 and worker.signing < DEPTH
                 and (best is None or (worker.signing, worker.load) < (best.signing, best.load))
             ):
@@ -536,14 +562,10 @@ class WorkerPool:
         return best
 
     def _dispatch(self, job: _Job, exclude: int | None = None) -> None:
-        live = [w for w in self._workers if w is not None and w.alive and w.transport is not None]
+        live = [w for w in self._workers if w is not None and w.usable]
         candidates = [w for w in live if w.index != exclude] or live
         if not candidates:
-            _settle_job(
-                job,
-                None,
-                HsmUnavailable("no HSM worker process is running; check the HSM and logs"),
-            )
+            _settle_job(job, None, HsmUnavailable(NO_WORKER))
             return
         self._send(min(candidates, key=lambda w: w.load), job)
 
@@ -563,11 +585,27 @@ class WorkerPool:
         if job is None:
             return
         self._release(worker, job)
+        self._restart_clock(worker)
         if ok:
             _settle_job(job, value, None)
         else:
             error = value if isinstance(value, SignerError) else HsmError(str(value))
+            if isinstance(error, HsmUnavailable) and not worker.retiring:
+                worker.retiring = True
+                self._hsm_down = True
+                log.warning(
+                    "HSM worker %d (pid %d): %s; it ends and a new one starts",
+                    worker.index,
+                    worker.pid,
+                    error,
+                )
             _settle_job(job, None, error)
+
+    def _restart_clock(self, worker: _Worker) -> None:
+        """The worker takes up its next job now: that job's timeout starts now."""
+        if worker.pending:
+            head = next(iter(worker.pending.values()))
+            head.deadline = max(head.deadline, time.monotonic() + self._settings.timeout_seconds)
 
     def _release(self, worker: _Worker, job: _Job) -> None:
         worker.load -= job.weight
@@ -575,11 +613,13 @@ class WorkerPool:
             worker.signing -= 1
 
     def _sweep(self) -> None:
-        """Kill a worker that sat on a job past its deadline; the job fails, the worker is
-        replaced (its other jobs are retried elsewhere)."""
+        """Kill a worker that sat on a job past its deadline and replace it; the job is retried
+        once on another worker (with a timeout of its own there) or fails, and the worker's
+        other jobs are retried elsewhere when its end is noticed (:meth:`_lost`)."""
         now = time.monotonic()
+        self._fail_starved(now)
         for worker in self._workers:
-            if worker is None or not worker.alive or not worker.pending:
+            if worker is None or not worker.alive or worker.killed or not worker.pending:
                 continue
             job_id, job = next(iter(worker.pending.items()))
             if job.deadline > now:
@@ -589,17 +629,29 @@ class WorkerPool:
             log.error(
                 "HSM worker %d (pid %d) hung on %s; killing it", worker.index, worker.pid, job.name
             )
-            _settle_job(
-                job,
-                None,
-                HsmUnavailable(
-                    f"the HSM did not answer {job.name} within"
-                    f" {self._settings.timeout_seconds:g} s; check the HSM"
-                ),
-            )
+            worker.killed = worker.retiring = True
             worker.process.kill()
+            job.failure = HsmUnavailable(
+                f"HSM unavailable: the HSM did not answer {job.name} within"
+                f" {self._settings.timeout_seconds:g} s; check the HSM"
+            )
+            if job.retries_left > 0:
+                job.retries_left -= 1
+                self._dispatch(job, exclude=worker.index)
+                continue
+            _settle_job(job, None, job.failure)
         if not self._closing and self._loop is not None:
             self._sweeper = self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _fail_starved(self, now: float) -> None:
+        """Fail the signing requests that waited ``timeout_seconds`` for a worker in vain."""
+        if not self._queue or any(w is not None and w.usable for w in self._workers):
+            self._starved_since = None
+        elif self._starved_since is None:
+            self._starved_since = now
+        elif now - self._starved_since >= self._settings.timeout_seconds:
+            self._starved_since = None
+            self._queue.fail_all(HsmUnavailable(NO_WORKER))
 
     def _lost(self, worker: _Worker) -> None:
         if not worker.alive:
@@ -612,13 +664,18 @@ class WorkerPool:
             for job in orphans:
                 _settle_job(job, None, HsmUnavailable("the signer is shutting down"))
             return
-        log.error("HSM worker %d (pid %d) died; replacing it", worker.index, worker.pid)
+        if worker.retiring:
+            log.info("HSM worker %d (pid %d) ended; replacing it", worker.index, worker.pid)
+        else:
+            log.error("HSM worker %d (pid %d) died; replacing it", worker.index, worker.pid)
         for job in orphans:
             if job.retries_left > 0:
                 job.retries_left -= 1
                 self._dispatch(job, exclude=worker.index)
             else:
-                error = HsmUnavailable(f"HSM worker {worker.index} died during {job.name}; retry")
+                error = job.failure or HsmUnavailable(
+                    f"HSM unavailable: HSM worker {worker.index} ended during {job.name}; retry"
+                )
                 _settle_job(job, None, error)
         self._restart_soon(worker.index)
         self._pump()
@@ -636,6 +693,7 @@ class WorkerPool:
             return None
         await loop.connect_accepted_socket(partial(_Link, self, worker), sock)
         self._workers[index] = worker
+        self._hsm_down = False
         log.info("HSM worker %d started (pid %d)", index, started.pid)
         self._pump()
         return started.calibration
@@ -693,8 +751,14 @@ class WorkerPool:
             if self._closing:
                 return
             try:
-                await self._start_worker(index)
+                assert self._restart_gate is not None
+                async with self._restart_gate:  # one at a time, as at start
+                    if self._closing:
+                        return
+                    await self._start_worker(index)
             except (SignerError, OSError) as exc:
+                self._hsm_down = True
+                self._pump()  # requests that waited for this worker fail now
                 log.error("HSM worker %d could not restart: %s", index, exc)
                 continue
             if not self._closing:

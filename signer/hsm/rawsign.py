@@ -140,6 +140,14 @@ class SigningPath:
             raise error_for(rv, "C_Sign")
         return self._buffer.raw[: self._length.value]
 
+    def token_present(self, label: str) -> bool:
+        """Whether the module still lists a token with this label (False when it cannot say:
+        SoftHSM fails C_GetSlotList with GeneralError once its token folder is gone)."""
+        try:
+            return any(info.label_text == label for _, info in self._module.token_infos())
+        except p11.PKCS11Error:
+            return False
+
     def close(self) -> None:
         """Close the session of this path's own, if it opened one."""
         if self.own_session:

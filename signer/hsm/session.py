@@ -19,7 +19,7 @@ from pkcs11.exceptions import KeyHandleInvalid, KeySizeRange, ObjectHandleInvali
 from pkcs11.types import Object
 
 from signer.config import HsmSettings
-from signer.errors import HsmError
+from signer.errors import HsmError, HsmUnavailable, KeyNotFound
 from signer.hsm import keystore
 from signer.hsm.api import GeneratedKey
 from signer.hsm.calibrate import COPY_UNSUPPORTED, Calibration, calibrate
@@ -65,15 +65,34 @@ class TokenSession:
     def _key(self, key_id: str) -> int:
         handle = self._keys.get(key_id)
         if handle is None:
-            if self.path.own_session:
-                handle = self.path.find_key(bytes.fromhex(key_id))
-            else:
-                key: Object = keystore.private_key(self.session, key_id)
-                if self.copy_keys is not False:
-                    key = self._session_copy(key_id, key)
-                handle = object_handle(key)
+            try:
+                if self.path.own_session:
+                    handle = self.path.find_key(bytes.fromhex(key_id))
+                else:
+                    key: Object = keystore.private_key(self.session, key_id)
+                    if self.copy_keys is not False:
+                        key = self._session_copy(key_id, key)
+                    handle = object_handle(key)
+            except KeyNotFound:
+                self.check_token(f"looking up key {key_id}")
+                raise
             self._keys[key_id] = handle
         return handle
+
+    def check_token(self, doing: str) -> None:
+        """Raise HsmUnavailable when the token itself is gone: a lookup that found nothing
+        means "no such object" only while the token is still there.
+
+        A SoftHSM process whose token folder disappeared finds no objects at all, even after
+        the folder is back, and fails C_GetSlotList; only a new process sees the token again,
+        so the worker that raises this is replaced (:mod:`signer.hsm.worker`).
+        """
+        label = self.settings.token_label
+        if not self.path.token_present(label):
+            raise HsmUnavailable(
+                f"HSM unavailable while {doing}: token {label!r} is no longer present;"
+                " check the HSM and token (the worker starts again)"
+            )
 
     def _session_copy(self, key_id: str, token_key: Object) -> Object:
         """A session copy of a token key (it stays inside the HSM; it only saves the token
@@ -106,6 +125,7 @@ class TokenSession:
             )
         except (KeyHandleInvalid, ObjectHandleInvalid):
             self._keys.pop(key_id, None)
+            self.check_token(f"signing with key {key_id}")
             raise HsmError(f"key {key_id} disappeared from the HSM while signing") from None
         except KeySizeRange:
             raise HsmError(f"key {key_id} is not a P-256 key: its signatures are longer") from None
@@ -140,11 +160,19 @@ class TokenSession:
 
     def public_key(self, key_id: str) -> bytes:
         """See :meth:`signer.hsm.api.Token.public_key`."""
-        return keystore.public_key_spki(self.session, key_id)
+        try:
+            return keystore.public_key_spki(self.session, key_id)
+        except KeyNotFound:
+            self.check_token(f"reading public key {key_id}")
+            raise
 
     def key_id_by_label(self, label: str) -> str:
         """See :meth:`signer.hsm.api.Token.key_id_by_label`."""
-        return keystore.key_id_by_label(self.session, label)
+        try:
+            return keystore.key_id_by_label(self.session, label)
+        except KeyNotFound:
+            self.check_token(f"looking up key {label!r}")
+            raise
 
     def store_certificate(self, key_id: str, label: str, der: bytes) -> None:
         """See :meth:`signer.hsm.api.Token.store_certificate`."""
@@ -152,7 +180,13 @@ class TokenSession:
 
     def certificate(self, key_id: str) -> bytes | None:
         """See :meth:`signer.hsm.api.Token.certificate`."""
-        return keystore.certificate(self.session, key_id)
+        try:
+            found = keystore.certificate(self.session, key_id)
+        except PKCS11Error as exc:
+            raise wrap_error(exc, f"reading the certificate of key {key_id}") from None
+        if found is None:
+            self.check_token(f"reading the certificate of key {key_id}")
+        return found
 
     def destroy_key_pair(self, key_id: str) -> int:
         """See :meth:`signer.hsm.api.Token.destroy_key_pair`."""
@@ -161,7 +195,10 @@ class TokenSession:
 
     def data_objects(self, application: str) -> dict[str, tuple[int, bytes]]:
         """Data objects of an application: name -> (generation, value)."""
-        return keystore.records(self.session, application)
+        found = keystore.records(self.session, application)
+        if not found:
+            self.check_token(f"reading records {application}")
+        return found
 
     def put_data_object(
         self, application: str, name: str, expected_generation: int, value: bytes

@@ -22,21 +22,27 @@ from pkcs11.exceptions import (
     TokenNotPresent,
     TokenNotRecognised,
     TokenWriteProtected,
+    UserNotLoggedIn,
 )
 
 from signer.config import HsmSettings, read_pin
 from signer.errors import HsmError, HsmUnavailable
+from signer.hsm.loadfail import load_failure, missing_module
 from signer.hsm.mechanisms import signing_mechanism
 
-# Errors after which the HSM, not the request, is at fault: answer UNAVAILABLE.
+# Errors after which the HSM, not the request, is at fault: answer UNAVAILABLE, and the worker
+# that met one starts again with a new C_Initialize, login and session (a SoftHSM process that
+# lost its token folder never sees the token again; C_GetSlotList then fails with GeneralError).
 UNAVAILABLE_ERRORS: tuple[type[PKCS11Error], ...] = (
     DeviceError,
     DeviceMemory,
     DeviceRemoved,
+    GeneralError,
     SessionClosed,
     SessionHandleInvalid,
     TokenNotPresent,
     TokenNotRecognised,
+    UserNotLoggedIn,
 )
 
 
@@ -49,13 +55,19 @@ def wrap_error(exc: BaseException, doing: str) -> HsmError:
 
 
 def load_module(settings: HsmSettings) -> Pkcs11Lib:
-    """Load the PKCS#11 library named in the settings (one per process)."""
+    """Load the PKCS#11 library named in the settings (one per process) and initialise it.
+
+    A failure says why (:func:`signer.hsm.loadfail.load_failure`): ConfigError when a file
+    the settings name is missing or is no loadable module, HsmUnavailable otherwise.
+    """
     for key, value in settings.environment().items():
         os.environ[key] = value
+    if not settings.module.is_file():
+        raise missing_module(settings.module)
     try:
         return pkcs11.lib(str(settings.module))
     except (PKCS11Error, OSError, RuntimeError) as exc:
-        raise HsmUnavailable(f"cannot load PKCS#11 module {settings.module}: {exc}") from None
+        raise load_failure(settings.module, exc, os.environ.get("SOFTHSM2_CONF")) from None
 
 
 def find_token(lib: Pkcs11Lib, label: str) -> Token:

@@ -20,7 +20,7 @@ import pkcs11
 from pkcs11.exceptions import PKCS11Error
 
 from signer.config import HsmSettings
-from signer.errors import HsmError, SignerError
+from signer.errors import HsmError, HsmUnavailable, SignerError
 from signer.hsm.calibrate import Calibration
 from signer.hsm.session import TokenSession, call_name
 from signer.hsm.token import check_signing_mechanism, load_module, open_session
@@ -70,6 +70,9 @@ def _close(session: pkcs11.Session, settings: HsmSettings) -> None:
 
 
 def _serve(conn: Connection, token: TokenSession) -> None:
+    """Answer jobs until the pipe closes, or until the HSM became unavailable to this process:
+    then the worker answers and ends, and the pool starts a new one (new C_Initialize, login
+    and session), since a session that lost its token may never see it again."""
     while True:
         try:
             job = conn.recv()
@@ -90,3 +93,5 @@ def _serve(conn: Connection, token: TokenSession) -> None:
             conn.send(answer)
         except (BrokenPipeError, EOFError, OSError):
             return  # the daemon is gone; nobody is waiting for this answer
+        if isinstance(answer[2], HsmUnavailable):
+            return

@@ -13,6 +13,12 @@ The store needs availability, not trust: every record is re-verified on every lo
 someone holding only the HSM PIN or write access to the store — is not acted on: the daemon
 keeps the last version it verified (or ignores the key), logs an ERROR and reports it through
 ``on_rejected`` (audit record, metric, alert).
+
+Key records are never deleted (a destroyed key keeps its record), so a record this daemon
+verified that is missing from a later load is not taken as "the key is gone": the last verified
+version stays, with a WARNING. A refresh that cannot reach the HSM or the store changes nothing
+either; signing goes on with the last verified snapshot, and the HSM's own errors answer the
+requests that need it (UNAVAILABLE), never "no active key".
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from types import MappingProxyType
 from cryptography import x509
 
 from signer.config import KeySettings, Settings
-from signer.errors import KeyNotFound, PolicyError, SignerError, StoreUnavailable
+from signer.errors import HsmUnavailable, KeyNotFound, PolicyError, SignerError, StoreUnavailable
 from signer.hsm.api import Token
 from signer.keys import rotation
 from signer.keys.governance import Governance, Officers, record_problem
@@ -73,6 +79,8 @@ class KeyRegistry:
         self.clock = clock
         self._on_rejected = on_rejected or (lambda key_id, problem: None)
         self._reported: set[tuple[str, int]] = set()
+        self._missing: set[str] = set()
+        self._unreachable = False
         self.policy = policy_from(settings)
         self._snapshot = KeySnapshot.empty(tuple(profiles), self.policy)
         self._refresh_lock = threading.Lock()
@@ -119,6 +127,7 @@ class KeyRegistry:
                 generation = stored.generation
             records[record.key_id] = record
             generations[record.key_id] = generation
+        self._keep_missing(previous, records, generations)
         public = dict(previous.public)
         for key_id, record in records.items():
             known = public.get(key_id)
@@ -131,6 +140,25 @@ class KeyRegistry:
             MappingProxyType(generations),
             MappingProxyType(public),
         )
+
+    def _keep_missing(
+        self, previous: KeySnapshot, records: dict[str, KeyRecord], generations: dict[str, int]
+    ) -> None:
+        """Keep the verified records a load did not return (a store or token that lost them
+        for a while, not a ceremony: records are never deleted)."""
+        for key_id, record in previous.records.items():
+            if key_id in records:
+                self._missing.discard(key_id)
+                continue
+            records[key_id] = record
+            generations[key_id] = previous.generations[key_id]
+            if key_id not in self._missing:
+                self._missing.add(key_id)
+                log.warning(
+                    "key record %s is missing from the record store; the last verified version"
+                    " stays in force (check the store and the HSM token)",
+                    key_id[:40],
+                )
 
     def _reject(self, key_id: str, generation: int, problem: str) -> None:
         """Report a record this daemon will not act on (once per stored version)."""
@@ -163,8 +191,18 @@ class KeyRegistry:
                 self.refresh()
             except StoreUnavailable as exc:  # reported once per outage by the daemon's store
                 log.debug("refreshing keys failed (%s); keeping the last view", exc)
+                continue
+            except HsmUnavailable as exc:
+                if not self._unreachable:
+                    self._unreachable = True
+                    log.warning("refreshing keys: %s; keeping the last verified view", exc)
+                continue
             except Exception:
                 log.exception("refreshing keys failed; keeping the last view")
+                continue
+            if self._unreachable:
+                self._unreachable = False
+                log.info("refreshing keys works again")
 
     def stop(self) -> None:
         """End :meth:`run_refresher`."""
