@@ -260,6 +260,8 @@ class WorkerPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._restarting: set[asyncio.Task[None]] = set()
         self._restart_gate: asyncio.Lock | None = None
+        self._retry_at = 0.0
+        """Loop time before which no worker start is tried again (after a failed one)."""
         self._hsm_down = False
         """A worker met an unavailable HSM, or could not start, since the last one started."""
         self._starved_since: float | None = None
@@ -753,17 +755,26 @@ class WorkerPool:
             try:
                 assert self._restart_gate is not None
                 async with self._restart_gate:  # one at a time, as at start
+                    # After a failed start every worker waits out the same pause: a long HSM
+                    # outage costs one start attempt per pause, not one per missing worker.
+                    await asyncio.sleep(max(0.0, self._retry_at - self._loop_time()))
                     if self._closing:
                         return
                     await self._start_worker(index)
             except (SignerError, OSError) as exc:
+                self._retry_at = self._loop_time() + RESTART_BACKOFF_SECONDS[-1]
                 self._hsm_down = True
                 self._pump()  # requests that waited for this worker fail now
                 log.error("HSM worker %d could not restart: %s", index, exc)
                 continue
+            self._retry_at = 0.0
             if not self._closing:
                 self.restarts += 1
             return
+
+    def _loop_time(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
 
 
 def _join(workers: list[_Worker]) -> None:
