@@ -52,6 +52,9 @@ if [ "$TEST_TOOLS" -eq 1 ]; then
   command -v p11-kit >/dev/null || need+=(p11-kit)
   compgen -G '/usr/lib/*/pkcs11/p11-kit-client.so' >/dev/null || need+=(p11-kit-modules)
   compgen -G '/usr/lib/*/pkcs11/pkcs11-spy.so' >/dev/null || need+=(opensc-pkcs11)
+  # A test builds a PKCS#11 module without C_CopyObject around SoftHSM.
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
+  [ -f /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 fi
 apt_install "${need[@]+"${need[@]}"}"
 for service in prometheus postgresql; do
