@@ -7,7 +7,8 @@
 #                                    (zbarimg to decode QR codes, promtool to lint metrics/rules,
 #                                    PostgreSQL's initdb/pg_ctl for the record-store tests,
 #                                    p11-kit's server and remote client for `make test-p11kit`,
-#                                    OpenSC's pkcs11-spy to count PKCS#11 calls)
+#                                    OpenSC's pkcs11-spy to count PKCS#11 calls, a C compiler and
+#                                    p11-kit's PKCS#11 header to build a test module)
 #
 # PINs are generated into data/secrets/ (mode 600) and never printed or passed on a command line.
 set -euo pipefail
