@@ -162,3 +162,22 @@ def test_documents_are_canonical_and_checked() -> None:
         ChangeDocument.decode(document(change_id="../../etc"))
     with pytest.raises(RecordFormatError):
         ChangeDocument.decode(doc + b"\x00")
+
+
+def test_an_approval_time_is_covered_by_its_signature() -> None:
+    doc = document()
+    signed_at = int(NOW.timestamp())
+    approval = Endorsement(
+        "approve",
+        "bob",
+        "CN=x",
+        BOB.der,
+        sign_document(BOB.key, "approve", doc, signed_at),
+        signed_at,
+    )
+    change = SignedChange(doc, (endorse(doc, ALICE_1, "alice", "request"), approval))
+    verify_signed_change(change, RULES)
+    assert SignedChange.decode(change.encode()) == change
+    moved = replace(approval, signed_at=signed_at + 3600)
+    with pytest.raises(GovernanceError, match="does not verify"):
+        verify_signed_change(SignedChange(doc, (change.endorsements[0], moved)), RULES)

@@ -128,7 +128,8 @@ class Appliance:
 
     def approve(self, change_id: str, person: str, cert: int = 0) -> ChangeOutcome:
         documents = {c.change_id: c.signed.document for c in self.ceremonies.pending_changes()}
-        endorsement = endorse(person, "approve", documents.get(change_id, b""), cert)
+        signed_at = int(self.clock().timestamp())
+        endorsement = endorse(person, "approve", documents.get(change_id, b""), cert, signed_at)
         return self.ceremonies.approve(change_id, endorsement)
 
     def activate_now(self, key_id: str) -> None:
@@ -140,10 +141,12 @@ class Appliance:
         return [name for name, _ in self.events]
 
 
-def endorse(person: str, role: Role, document: bytes, cert: int = 0) -> Endorsement:
+def endorse(
+    person: str, role: Role, document: bytes, cert: int = 0, signed_at: int | None = None
+) -> Endorsement:
     credential = PEOPLE[person][cert]
-    signature = sign_document(credential.key, role, document)
-    return Endorsement(role, person, f"cert {cert}", credential.der, signature)
+    signature = sign_document(credential.key, role, document, signed_at)
+    return Endorsement(role, person, f"cert {cert}", credential.der, signature, signed_at)
 
 
 def csca(token: MemoryToken) -> bytes:
@@ -470,3 +473,43 @@ def test_a_signed_activation_cannot_be_moved_later_to_bring_an_old_key_back() ->
     newcomer = sibling(app)
     assert "activates later than change" in newcomer.rejected[-1][1]
     assert newcomer.registry.signing_key(PROFILE).key_id == new
+
+
+def test_an_approved_activation_is_bound_to_its_signed_approval_time() -> None:
+    """Approvals carry the time they were signed. A daemon that first sees an old key's
+    activation re-timed past its approval (here after a successor activated ten minutes later,
+    well inside the change's 24-hour approval window) refuses it, so the PIN alone cannot bring
+    the old key back."""
+    app = make(approvals=2)
+    old = app.ready_key("old")
+    app.activate_now(old)
+    assert app.registry.signing_key(PROFILE).key_id == old
+    app.clock.now = T0 + timedelta(minutes=10)
+    new = app.ready_key("new")
+    app.activate_now(new)
+    app.clock.now = T0 + timedelta(minutes=11)
+    assert app.registry.signing_key(PROFILE).key_id == new
+    stored = app.store.load_all(RecordKind.KEY)[old]
+    record = app.registry.key(old).record
+    retimed = replace(record, activate_at=app.clock.now)
+    app.store.put(RecordKind.KEY, old, stored.generation, retimed.to_cbor())
+    newcomer = sibling(app)
+    assert "activates later than change" in newcomer.rejected[-1][1]
+    assert newcomer.registry.signing_key(PROFILE).key_id == new
+
+
+def test_an_approval_signed_far_from_the_appliance_clock_is_refused() -> None:
+    app = make(approvals=2)
+    key_id = app.ready_key("skewed")
+    change = app.request("activate", key_id).change
+    [pending] = app.ceremonies.pending_changes()
+    late = int((app.clock.now - timedelta(minutes=10)).timestamp())
+    skewed = endorse("bob", "approve", pending.signed.document, signed_at=late)
+    with pytest.raises(PolicyError, match="clock says"):
+        app.ceremonies.approve(change.change_id, skewed)
+    timeless = endorse("bob", "approve", pending.signed.document)
+    with pytest.raises(InvalidRequest, match="no signing time"):
+        app.ceremonies.approve(change.change_id, timeless)
+    assert app.registry.key(key_id).record.state is KeyState.READY
+    [still] = app.ceremonies.pending_changes()
+    assert len(still.signed.endorsements) == 1

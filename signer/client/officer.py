@@ -8,6 +8,7 @@ The signature is made with the private key of the officer's client certificate.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,9 +49,9 @@ class OfficerCredential:
             raise ConfigError(f"{key}: an officer key must be EC, RSA or Ed25519")
         return cls(certificate.public_bytes(serialization.Encoding.DER), private)
 
-    def sign(self, role: Role, document: bytes) -> bytes:
-        """This officer's signature over a change document."""
-        return sign_document(self.key, role, document)
+    def sign(self, role: Role, document: bytes, signed_at: int | None = None) -> bytes:
+        """This officer's signature over a change document (and the time of signing)."""
+        return sign_document(self.key, role, document, signed_at)
 
 
 def check_draft(
@@ -92,8 +93,8 @@ class OfficerSession:
         self._officer = officer
         self._timeout = timeout
 
-    def _sign(self, role: Role, document: bytes) -> bytes:
-        return self._credential.sign(role, document) if self._credential else b""
+    def _sign(self, role: Role, document: bytes, signed_at: int | None = None) -> bytes:
+        return self._credential.sign(role, document, signed_at) if self._credential else b""
 
     def request(
         self,
@@ -157,10 +158,12 @@ class OfficerSession:
         """Sign the pending change's document as an approval and send it."""
         change = self.pending(change_id)
         ChangeDocument.decode(change.document)  # refuse to sign bytes that are no document
+        signed_at = int(time.time())
         message = key_admin_pb2.ApproveRequest(
             change_id=change_id,
             officer=self._officer,
-            signature=self._sign("approve", change.document),
+            signature=self._sign("approve", change.document, signed_at),
+            signed_at_unix=signed_at,
         )
         reply: ChangeResponse = self._stub.Approve(message, timeout=self._timeout)
         return reply

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -182,10 +183,11 @@ class DevOfficer:
     credential: OfficerCredential
 
     def endorse(self, role: Role, document: bytes) -> Endorsement:
-        """This officer's signed part in a change."""
-        signature = self.credential.sign(role, document)
+        """This officer's signed part in a change (an approval with the time it is signed)."""
+        signed_at = int(time.time()) if role == "approve" else None
+        signature = self.credential.sign(role, document, signed_at)
         return Endorsement(
-            role, self.person, self.identity, self.credential.certificate_der, signature
+            role, self.person, self.identity, self.credential.certificate_der, signature, signed_at
         )
 
 

@@ -27,6 +27,8 @@ from signer.keys.csr import build_csr
 from signer.keys.dsc_checks import check_dsc
 from signer.keys.dual_control import PendingChange, new_change_id
 from signer.keys.governance import (
+    APPROVAL_CLOCK_SKEW,
+    DRAFT_WINDOW,
     Action,
     ChangeDocument,
     Endorsement,
@@ -45,8 +47,6 @@ log = logging.getLogger(__name__)
 LifecycleEvent = Callable[[str, Mapping[str, Any]], None]
 """Receives every lifecycle event (name, details); the daemon writes it to the audit log."""
 
-DRAFT_WINDOW: Final = timedelta(minutes=15)
-"""How long a drafted change document may take to be signed and sent."""
 CLOCK_SKEW: Final = timedelta(minutes=1)
 
 _APPLIED_EVENT: Mapping[Action, str] = {
@@ -266,6 +266,7 @@ class KeyCeremonies:
             approved, complete = dual_control.approve(
                 pending, endorsement, now, self.registry.governance.required_for(pending.action)
             )
+            self._check_signed_time(endorsement, now)
             if not complete:
                 self._store.put(
                     RecordKind.CHANGE, change_id, stored.generation, approved.signed.encode()
@@ -279,6 +280,24 @@ class KeyCeremonies:
             self._store.delete(RecordKind.CHANGE, change_id, stored.generation)
             self._approved(approved, endorsement)
             return self._apply(approved)
+
+    def _check_signed_time(self, endorsement: Endorsement, now: datetime) -> None:
+        """An approval carries the time it was signed, close to this appliance's clock: every
+        daemon bounds the activation it applies by that time (see ``record_problem``)."""
+        if not self.registry.governance.enforced:
+            return
+        signed = endorsement.signed_time
+        if signed is None:
+            raise InvalidRequest(
+                "the approval carries no signing time; approve with a signer CLI of this"
+                " appliance's version"
+            )
+        if abs(signed - now) > APPROVAL_CLOCK_SKEW:
+            raise PolicyError(
+                f"the approval was signed at {signed.isoformat()} but the appliance's clock says"
+                f" {now.replace(microsecond=0).isoformat()}: more than {APPROVAL_CLOCK_SKEW}"
+                " apart; set both clocks right (NTP) and approve again"
+            )
 
     def _approved(self, change: PendingChange, endorsement: Endorsement) -> None:
         self._event(

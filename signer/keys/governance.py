@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, cast
 
 from cryptography import x509
@@ -33,6 +33,10 @@ from signer.keys.utc import to_unix
 DOCUMENT_FORMAT_VERSION: Final = 1
 SIGNED_CHANGE_FORMAT_VERSION: Final = 1
 SIGNATURE_CONTEXT: Final = "signer.v1/key-change"
+APPROVAL_CLOCK_SKEW: Final = timedelta(minutes=1)
+"""How far an approval's signed time may be from the appliance's clock when it arrives."""
+DRAFT_WINDOW: Final = timedelta(minutes=15)
+"""How long a drafted change document may take to be signed and sent."""
 
 Action = Literal["activate", "retire", "destroy", "revoke"]
 ACTIONS: Final = ("activate", "retire", "destroy", "revoke")
@@ -108,14 +112,21 @@ class ChangeDocument:
         return document
 
 
-def to_be_signed(role: Role, document: bytes) -> bytes:
-    """The bytes an officer's key signs: context, role and the document, in canonical CBOR."""
-    return encode({"context": SIGNATURE_CONTEXT, "role": role, "document": document})
+def to_be_signed(role: Role, document: bytes, signed_at: int | None = None) -> bytes:
+    """The bytes an officer's key signs: context, role and the document, and the time of
+    signing (Unix seconds) where the endorsement carries one, in canonical CBOR."""
+    fields: dict[str, object] = {"context": SIGNATURE_CONTEXT, "role": role, "document": document}
+    if signed_at is not None:
+        fields["signed_at"] = signed_at
+    return encode(fields)
 
 
-def sign_document(key: SigningKey, role: Role, document: bytes) -> bytes:
-    """An officer's signature over a change document (client side)."""
-    message = to_be_signed(role, document)
+def sign_document(
+    key: SigningKey, role: Role, document: bytes, signed_at: int | None = None
+) -> bytes:
+    """An officer's signature over a change document (client side), binding ``signed_at``
+    (Unix seconds) where given: approvals carry the time they were signed."""
+    message = to_be_signed(role, document, signed_at)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(message, ec.ECDSA(hashes.SHA256()))
     if isinstance(key, rsa.RSAPrivateKey):
@@ -123,9 +134,16 @@ def sign_document(key: SigningKey, role: Role, document: bytes) -> bytes:
     return key.sign(message)
 
 
-def signature_valid(certificate: x509.Certificate, role: Role, document: bytes, sig: bytes) -> bool:
-    """Whether ``sig`` is the certificate key's signature over the document in this role."""
-    message = to_be_signed(role, document)
+def signature_valid(
+    certificate: x509.Certificate,
+    role: Role,
+    document: bytes,
+    sig: bytes,
+    signed_at: int | None = None,
+) -> bool:
+    """Whether ``sig`` is the certificate key's signature over the document in this role (and
+    over the time of signing, where the endorsement carries one)."""
+    message = to_be_signed(role, document, signed_at)
     public = certificate.public_key()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -154,10 +172,23 @@ class Endorsement:
     identity: str
     certificate: bytes
     signature: bytes
+    signed_at: int | None = None
+    """When the officer signed (Unix seconds, UTC), covered by the signature. Approvals carry
+    it, so that the time an activation takes effect is bound to a signed time; endorsements
+    made before it existed have none."""
 
     def encode(self) -> list[object]:
         """CBOR form inside a :class:`SignedChange`."""
-        return [self.role, self.person, self.identity, self.certificate, self.signature]
+        fields: list[object] = [self.role, self.person, self.identity, self.certificate]
+        fields.append(self.signature)
+        if self.signed_at is not None:
+            fields.append(self.signed_at)
+        return fields
+
+    @property
+    def signed_time(self) -> datetime | None:
+        """:attr:`signed_at` as an aware UTC time."""
+        return None if self.signed_at is None else datetime.fromtimestamp(self.signed_at, UTC)
 
 
 @dataclass(frozen=True)
@@ -199,13 +230,15 @@ class SignedChange:
         for item in items:
             if (
                 not isinstance(item, list)
-                or len(item) != 5
+                or len(item) not in (5, 6)
                 or item[0] not in ("request", "approve")
                 or not all(isinstance(text, str) for text in item[1:3])
                 or not all(isinstance(blob, bytes) for blob in item[3:5])
+                or (len(item) == 6 and (type(item[5]) is not int or item[5] < 0))
             ):
                 raise reader.error("an endorsement is malformed")
-            endorsements.append(Endorsement(item[0], item[1], item[2], item[3], item[4]))
+            signed_at = item[5] if len(item) == 6 else None
+            endorsements.append(Endorsement(item[0], item[1], item[2], item[3], item[4], signed_at))
         return cls(document, tuple(endorsements))
 
 
@@ -278,7 +311,9 @@ def verify_endorsement(
         raise GovernanceError(
             f"the certificate of {endorsement.person!r} was not valid when the change was made"
         )
-    if not signature_valid(certificate, endorsement.role, document, endorsement.signature):
+    if not signature_valid(
+        certificate, endorsement.role, document, endorsement.signature, endorsement.signed_at
+    ):
         raise GovernanceError(
             f"the {endorsement.role} signature of {endorsement.person!r} does not verify"
         )
@@ -361,7 +396,8 @@ def record_problem(record: KeyRecord, rules: Governance, previous: KeyRecord | N
     if record.authority is None:
         return f"a {record.state.value} key needs the signed change behind it; none is stored"
     try:
-        change = verify_signed_change(SignedChange.decode(record.authority), rules)
+        signed = SignedChange.decode(record.authority)
+        change = verify_signed_change(signed, rules)
     except (PolicyError, RecordFormatError) as exc:
         return str(exc)
     if change.key_id != record.key_id or change.profile != record.profile:
@@ -373,8 +409,19 @@ def record_problem(record: KeyRecord, rules: Governance, previous: KeyRecord | N
         if record.activate_at is None or record.activate_at < floor:
             return f"it activates earlier than change {change.change_id} allows ({floor})"
         # Applying may postpone a takeover (the approval comes later; daemons need two
-        # refreshes' notice) but never beyond the change's approval window plus that notice.
-        ceiling = max(floor, change.requested_at + rules.change_ttl) + rules.takeover_notice
+        # refreshes' notice) but never beyond the last signed approval (within the clock skew
+        # the appliance accepted), or the request's draft window where it needed no approval,
+        # plus that notice; approvals from before they carried their time allow the change's
+        # whole approval window.
+        times = [e.signed_time for e in signed.endorsements if e.role == "approve"]
+        approved = [t for t in times if t is not None]
+        if not times:  # applied with the request, which is refused once its draft is stale
+            latest = change.requested_at + DRAFT_WINDOW
+        elif len(approved) == len(times):
+            latest = max(approved) + APPROVAL_CLOCK_SKEW
+        else:
+            latest = change.requested_at + rules.change_ttl
+        ceiling = max(floor, latest) + rules.takeover_notice
         if record.activate_at > ceiling:
             return f"it activates later than change {change.change_id} allows ({ceiling})"
     return ""

@@ -40,9 +40,9 @@ class Officer:
     identity: str
     certificate: bytes
 
-    def endorse(self, role: Role, signature: bytes) -> Endorsement:
-        """This officer's endorsement of a change with ``signature``."""
-        return Endorsement(role, self.person, self.identity, self.certificate, signature)
+    def endorse(self, role: Role, signature: bytes, signed_at: int | None = None) -> Endorsement:
+        """This officer's endorsement of a change with ``signature`` (made at ``signed_at``)."""
+        return Endorsement(role, self.person, self.identity, self.certificate, signature, signed_at)
 
 
 def officer_of(
@@ -304,7 +304,8 @@ class KeyAdminService(key_admin_pb2_grpc.KeyAdminServicer):
         """Approve another person's pending change with a signature over its document."""
         officer = self._caller(context, request.officer)
         outcome = self._ceremonies.approve(
-            request.change_id, officer.endorse("approve", request.signature)
+            request.change_id,
+            officer.endorse("approve", request.signature, request.signed_at_unix or None),
         )
         self._on_change()
         return _outcome(outcome)

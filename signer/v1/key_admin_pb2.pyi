@@ -158,14 +158,16 @@ class DestroyRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., force: _Optional[bool] = ..., reason: _Optional[str] = ..., officer: _Optional[str] = ..., document: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ApproveRequest(_message.Message):
-    __slots__ = ("change_id", "officer", "signature")
+    __slots__ = ("change_id", "officer", "signature", "signed_at_unix")
     CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     OFFICER_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     change_id: str
     officer: str
     signature: bytes
-    def __init__(self, change_id: _Optional[str] = ..., officer: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    signed_at_unix: int
+    def __init__(self, change_id: _Optional[str] = ..., officer: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_at_unix: _Optional[int] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("key_id", "reason", "officer", "document", "signature")
