@@ -513,3 +513,21 @@ def test_an_approval_signed_far_from_the_appliance_clock_is_refused() -> None:
     assert app.registry.key(key_id).record.state is KeyState.READY
     [still] = app.ceremonies.pending_changes()
     assert len(still.signed.endorsements) == 1
+
+
+def test_an_approval_signed_by_a_clock_a_minute_behind_still_verifies_everywhere() -> None:
+    """The appliance accepts an approval signed up to a minute away from its clock; the bound
+    every daemon applies leaves room for that and for the time applying takes."""
+    app = make(approvals=2)
+    key_id = app.ready_key("behind")
+    change = app.request("activate", key_id).change
+    [pending] = app.ceremonies.pending_changes()
+    signed_at = int(T0.timestamp())
+    app.clock.now = T0 + timedelta(seconds=59)
+    outcome = app.ceremonies.approve(
+        change.change_id, endorse("bob", "approve", pending.signed.document, signed_at=signed_at)
+    )
+    assert outcome.applied
+    newcomer = sibling(app)
+    assert newcomer.rejected == []
+    assert newcomer.registry.signing_key(PROFILE).key_id == key_id

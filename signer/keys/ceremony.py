@@ -16,8 +16,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import Any
 
 from signer.config import KeySettings, Settings
 from signer.errors import InvalidRequest, KeyNotFound, PermissionDenied, PolicyError, StoreConflict
@@ -27,8 +27,9 @@ from signer.keys.csr import build_csr
 from signer.keys.dsc_checks import check_dsc
 from signer.keys.dual_control import PendingChange, new_change_id
 from signer.keys.governance import (
-    APPROVAL_CLOCK_SKEW,
+    CLOCK_SKEW,
     DRAFT_WINDOW,
+    MAX_SIGNED_AT,
     Action,
     ChangeDocument,
     Endorsement,
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 LifecycleEvent = Callable[[str, Mapping[str, Any]], None]
 """Receives every lifecycle event (name, details); the daemon writes it to the audit log."""
 
-CLOCK_SKEW: Final = timedelta(minutes=1)
 
 _APPLIED_EVENT: Mapping[Action, str] = {
     "activate": "activation_scheduled",
@@ -286,16 +286,18 @@ class KeyCeremonies:
         daemon bounds the activation it applies by that time (see ``record_problem``)."""
         if not self.registry.governance.enforced:
             return
-        signed = endorsement.signed_time
-        if signed is None:
+        if endorsement.signed_at is None:
             raise InvalidRequest(
                 "the approval carries no signing time; approve with a signer CLI of this"
                 " appliance's version"
             )
-        if abs(signed - now) > APPROVAL_CLOCK_SKEW:
+        if not 0 < endorsement.signed_at < MAX_SIGNED_AT:
+            raise InvalidRequest("the approval's signing time is not a time (Unix seconds)")
+        signed = datetime.fromtimestamp(endorsement.signed_at, UTC)
+        if abs(signed - now) > CLOCK_SKEW:
             raise PolicyError(
                 f"the approval was signed at {signed.isoformat()} but the appliance's clock says"
-                f" {now.replace(microsecond=0).isoformat()}: more than {APPROVAL_CLOCK_SKEW}"
+                f" {now.replace(microsecond=0).isoformat()}: more than {CLOCK_SKEW}"
                 " apart; set both clocks right (NTP) and approve again"
             )
 

@@ -33,8 +33,14 @@ from signer.keys.utc import to_unix
 DOCUMENT_FORMAT_VERSION: Final = 1
 SIGNED_CHANGE_FORMAT_VERSION: Final = 1
 SIGNATURE_CONTEXT: Final = "signer.v1/key-change"
-APPROVAL_CLOCK_SKEW: Final = timedelta(minutes=1)
-"""How far an approval's signed time may be from the appliance's clock when it arrives."""
+CLOCK_SKEW: Final = timedelta(minutes=1)
+"""How far an officer's signed time (a request's drafting time, an approval's signing time) may
+be from the appliance's clock when it arrives."""
+APPLY_MARGIN: Final = timedelta(minutes=1)
+"""How long an appliance may take from receiving the completing approval to scheduling the
+activation (store round trips), allowed on top of :data:`CLOCK_SKEW` when records are checked."""
+MAX_SIGNED_AT: Final = 2**33
+"""Signed times are Unix seconds below this (the year 2242)."""
 DRAFT_WINDOW: Final = timedelta(minutes=15)
 """How long a drafted change document may take to be signed and sent."""
 
@@ -234,7 +240,10 @@ class SignedChange:
                 or item[0] not in ("request", "approve")
                 or not all(isinstance(text, str) for text in item[1:3])
                 or not all(isinstance(blob, bytes) for blob in item[3:5])
-                or (len(item) == 6 and (type(item[5]) is not int or item[5] < 0))
+                or (
+                    len(item) == 6
+                    and (type(item[5]) is not int or not 0 <= item[5] < MAX_SIGNED_AT)
+                )
             ):
                 raise reader.error("an endorsement is malformed")
             signed_at = item[5] if len(item) == 6 else None
@@ -408,20 +417,37 @@ def record_problem(record: KeyRecord, rules: Governance, previous: KeyRecord | N
         floor = change.activate_at or change.requested_at
         if record.activate_at is None or record.activate_at < floor:
             return f"it activates earlier than change {change.change_id} allows ({floor})"
-        # Applying may postpone a takeover (the approval comes later; daemons need two
-        # refreshes' notice) but never beyond the last signed approval (within the clock skew
-        # the appliance accepted), or the request's draft window where it needed no approval,
-        # plus that notice; approvals from before they carried their time allow the change's
-        # whole approval window.
-        times = [e.signed_time for e in signed.endorsements if e.role == "approve"]
-        approved = [t for t in times if t is not None]
-        if not times:  # applied with the request, which is refused once its draft is stale
-            latest = change.requested_at + DRAFT_WINDOW
-        elif len(approved) == len(times):
-            latest = max(approved) + APPROVAL_CLOCK_SKEW
-        else:
-            latest = change.requested_at + rules.change_ttl
+        latest = _latest_application(signed, change, rules)
+        if isinstance(latest, str):
+            return latest
         ceiling = max(floor, latest) + rules.takeover_notice
         if record.activate_at > ceiling:
             return f"it activates later than change {change.change_id} allows ({ceiling})"
     return ""
+
+
+def _latest_application(
+    signed: SignedChange, change: ChangeDocument, rules: Governance
+) -> datetime | str:
+    """The latest time an honest appliance can have applied ``change``: applying postpones a
+    takeover (daemons need two refreshes' notice) from then, never further.
+
+    A change one person may make applies with its request, which is refused once its draft is
+    stale. Otherwise it applied when the approval that made it complete arrived: the k-th
+    signed approval time (k approvals needed; extra approvals cannot stretch it), within the
+    clock skew the appliance accepted and the time applying takes. Approvals from before they
+    carried their time allow the change's whole approval window. A problem with the approval
+    times is returned as a string.
+    """
+    needed = rules.required_for(change.action) - 1
+    if needed <= 0:
+        return change.requested_at + DRAFT_WINDOW
+    times = [e.signed_time for e in signed.endorsements if e.role == "approve"]
+    approved = sorted(t for t in times if t is not None)
+    if len(approved) < len(times):
+        return change.requested_at + rules.change_ttl
+    window_start = change.requested_at - CLOCK_SKEW
+    window_end = change.requested_at + rules.change_ttl + CLOCK_SKEW
+    if any(not window_start <= t <= window_end for t in approved):
+        return f"an approval of change {change.change_id} is dated outside its approval window"
+    return approved[needed - 1] + CLOCK_SKEW + APPLY_MARGIN
