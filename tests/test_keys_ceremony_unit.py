@@ -29,6 +29,7 @@ from signer.keys.governance import (
     GovernanceError,
     Officers,
     Role,
+    SignedChange,
     sign_document,
 )
 from signer.keys.issuance import issue_dsc_from_csr, issue_self_signed_csca
@@ -531,3 +532,34 @@ def test_an_approval_signed_by_a_clock_a_minute_behind_still_verifies_everywhere
     newcomer = sibling(app)
     assert newcomer.rejected == []
     assert newcomer.registry.signing_key(PROFILE).key_id == key_id
+
+
+def _reauthorise(app: Appliance, key_id: str, change: SignedChange) -> None:
+    """Store ``key_id``'s record again with ``change`` as its authority (what a PIN holder who
+    holds these officer signatures could write)."""
+    stored = app.store.load_all(RecordKind.KEY)[key_id]
+    record = replace(app.registry.key(key_id).record, authority=change.encode())
+    app.store.put(RecordKind.KEY, key_id, stored.generation, record.to_cbor())
+
+
+def test_approval_times_are_required_by_new_documents_and_optional_for_old_ones() -> None:
+    """Documents drafted since approvals carry their time (format 2) need it in every
+    approval, so an approval without one cannot stand in to widen the bound; a format 1
+    record, approved before, still verifies."""
+    app = make(approvals=2)
+    key_id = app.ready_key("k")
+    app.activate_now(key_id)
+    signed = SignedChange.decode(app.registry.key(key_id).record.authority or b"")
+    document = signed.change
+    untimed = endorse("bob", "approve", signed.document)
+    _reauthorise(app, key_id, SignedChange(signed.document, (signed.endorsements[0], untimed)))
+    newcomer = sibling(app)
+    assert "carries no signing time" in newcomer.rejected[-1][1]
+    assert newcomer.registry.signing_view(PROFILE).active is None
+
+    old = replace(document, format_version=1).encode()
+    legacy = SignedChange(old, (endorse("alice", "request", old), endorse("bob", "approve", old)))
+    _reauthorise(app, key_id, legacy)
+    veteran = sibling(app)
+    assert veteran.rejected == []
+    assert veteran.registry.signing_key(PROFILE).key_id == key_id

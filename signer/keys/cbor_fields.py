@@ -28,7 +28,7 @@ def optional_time(value: datetime | None) -> int | float | None:
 class FieldReader:
     """Reads typed fields out of a decoded record map; every mistake is a RecordFormatError."""
 
-    def __init__(self, data: bytes, what: str, version: int) -> None:
+    def __init__(self, data: bytes, what: str, version: int | tuple[int, ...]) -> None:
         self._what = what
         stream = io.BytesIO(data)
         try:
@@ -42,11 +42,15 @@ class FieldReader:
         self._fields: dict[str, Any] = fields
         self._read: set[str] = set()
         found = self.integer("v")
-        if found != version:
+        readable = (version,) if isinstance(version, int) else version
+        if found not in readable:
             raise self.error(
-                f"its format version is {found}, this signer reads version {version}; "
+                f"its format version is {found}, this signer reads version"
+                f" {' and '.join(map(str, readable))}; "
                 "upgrade signer on every appliance that shares the token"
             )
+        self.version = found
+        """The record's format version (one of those this reader takes)."""
 
     def error(self, problem: str) -> RecordFormatError:
         """The error for a record that fails a format check."""

@@ -30,7 +30,10 @@ from signer.keys.cbor_fields import FieldReader, RecordFormatError, encode, opti
 from signer.keys.lifecycle import KeyRecord, KeyState
 from signer.keys.utc import to_unix
 
-DOCUMENT_FORMAT_VERSION: Final = 1
+DOCUMENT_FORMAT_VERSION: Final = 2
+"""Version 2 documents need every approval to carry the time it was signed; version 1
+documents (drafted before approvals carried it) are still read."""
+READABLE_DOCUMENT_VERSIONS: Final = (1, 2)
 SIGNED_CHANGE_FORMAT_VERSION: Final = 1
 SIGNATURE_CONTEXT: Final = "signer.v1/key-change"
 CLOCK_SKEW: Final = timedelta(minutes=1)
@@ -70,8 +73,11 @@ class ChangeDocument:
     activate_at: datetime | None = None
     reason: str = ""
     force: bool = False
+    format_version: int = DOCUMENT_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.format_version not in READABLE_DOCUMENT_VERSIONS:
+            raise PolicyError(f"change check failed: unknown format {self.format_version}")
         if self.action not in ACTIONS:
             raise PolicyError(f"change check failed: unknown action {self.action[:20]!r}")
         if not _CHANGE_ID.fullmatch(self.change_id):
@@ -81,7 +87,7 @@ class ChangeDocument:
         """Canonical CBOR: the exact bytes officers sign."""
         return encode(
             {
-                "v": DOCUMENT_FORMAT_VERSION,
+                "v": self.format_version,
                 "change_id": self.change_id,
                 "action": self.action,
                 "key_id": self.key_id,
@@ -97,7 +103,7 @@ class ChangeDocument:
     @classmethod
     def decode(cls, data: bytes) -> ChangeDocument:
         """Parse :meth:`encode` output; anything else is a RecordFormatError."""
-        reader = FieldReader(data, "change document", DOCUMENT_FORMAT_VERSION)
+        reader = FieldReader(data, "change document", READABLE_DOCUMENT_VERSIONS)
         action = reader.text("action")
         if action not in ACTIONS:
             raise reader.error(f"unknown action {action[:20]!r}")
@@ -111,6 +117,7 @@ class ChangeDocument:
             activate_at=reader.optional_time("activate_at"),
             reason=reader.text("reason"),
             force=reader.boolean("force"),
+            format_version=reader.version,
         )
         reader.finish()
         if document.encode() != data:
@@ -435,9 +442,10 @@ def _latest_application(
     A change one person may make applies with its request, which is refused once its draft is
     stale. Otherwise it applied when the approval that made it complete arrived: the k-th
     signed approval time (k approvals needed; extra approvals cannot stretch it), within the
-    clock skew the appliance accepted and the time applying takes. Approvals from before they
-    carried their time allow the change's whole approval window. A problem with the approval
-    times is returned as a string.
+    clock skew the appliance accepted and the time applying takes. Approvals of a version 1
+    document (drafted before approvals carried their time) allow the change's whole approval
+    window; a version 2 document needs every approval's time. A problem with the approval times
+    is returned as a string.
     """
     needed = rules.required_for(change.action) - 1
     if needed <= 0:
@@ -445,6 +453,8 @@ def _latest_application(
     times = [e.signed_time for e in signed.endorsements if e.role == "approve"]
     approved = sorted(t for t in times if t is not None)
     if len(approved) < len(times):
+        if change.format_version >= 2:
+            return f"an approval of change {change.change_id} carries no signing time"
         return change.requested_at + rules.change_ttl
     window_start = change.requested_at - CLOCK_SKEW
     window_end = change.requested_at + rules.change_ttl + CLOCK_SKEW
