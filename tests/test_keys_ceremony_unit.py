@@ -21,6 +21,7 @@ from signer.errors import (
     StoreConflict,
 )
 from signer.hsm.api import digest_signer
+from signer.keys.cbor_fields import RecordFormatError
 from signer.keys.ceremony import ChangeOutcome, KeyCeremonies
 from signer.keys.governance import (
     Action,
@@ -511,6 +512,11 @@ def test_an_approval_signed_far_from_the_appliance_clock_is_refused() -> None:
     timeless = endorse("bob", "approve", pending.signed.document)
     with pytest.raises(InvalidRequest, match="no signing time"):
         app.ceremonies.approve(change.change_id, timeless)
+    huge = endorse("bob", "approve", pending.signed.document, signed_at=2**62)
+    with pytest.raises(InvalidRequest, match="not a time"):
+        app.ceremonies.approve(change.change_id, huge)
+    with pytest.raises(RecordFormatError, match="endorsement is malformed"):
+        SignedChange.decode(SignedChange(pending.signed.document, (huge,)).encode())
     assert app.registry.key(key_id).record.state is KeyState.READY
     [still] = app.ceremonies.pending_changes()
     assert len(still.signed.endorsements) == 1
