@@ -569,3 +569,20 @@ def test_approval_times_are_required_by_new_documents_and_optional_for_old_ones(
     veteran = sibling(app)
     assert veteran.rejected == []
     assert veteran.registry.signing_key(PROFILE).key_id == key_id
+
+
+def test_lowering_approvals_required_keeps_earlier_activations_valid() -> None:
+    """A change is applied when its last approval arrives, so that approval bounds it, also
+    for a daemon configured with fewer approvals later."""
+    app = make(approvals=3)
+    key_id = app.ready_key("three")
+    change = app.request("activate", key_id).change
+    app.approve(change.change_id, "bob")
+    app.clock.now = T0 + timedelta(minutes=10)
+    assert app.approve(change.change_id, "carol").applied
+    app.clock.now = T0 + timedelta(minutes=11)
+    relaxed = Appliance(
+        app.token, app.store, app.clock, replace(app.settings, approvals_required=2), app.csca_der
+    )
+    assert relaxed.rejected == []
+    assert relaxed.registry.signing_key(PROFILE).key_id == key_id

@@ -192,11 +192,14 @@ class Endorsement:
 
     def encode(self) -> list[object]:
         """CBOR form inside a :class:`SignedChange`."""
-        fields: list[object] = [self.role, self.person, self.identity, self.certificate]
-        fields.append(self.signature)
-        if self.signed_at is not None:
-            fields.append(self.signed_at)
-        return fields
+        fields: list[object] = [
+            self.role,
+            self.person,
+            self.identity,
+            self.certificate,
+            self.signature,
+        ]
+        return fields if self.signed_at is None else [*fields, self.signed_at]
 
     @property
     def signed_time(self) -> datetime | None:
@@ -439,19 +442,19 @@ def _latest_application(
     """The latest time an honest appliance can have applied ``change``: applying postpones a
     takeover (daemons need two refreshes' notice) from then, never further.
 
-    A change one person may make applies with its request, which is refused once its draft is
-    stale. Otherwise it applied when the approval that made it complete arrived: the k-th
-    signed approval time (k approvals needed; extra approvals cannot stretch it), within the
-    clock skew the appliance accepted and the time applying takes. Approvals of a version 1
+    A change without approvals applied with its request, which is refused once its draft is
+    stale. Otherwise it applied when its last approval arrived (an appliance applies a change
+    as soon as it is complete and stores no approval after that, so the last is the one that
+    completed it, whatever ``approvals_required`` says today), within the clock skew the
+    appliance accepted and the time applying takes. Approvals of a version 1
     document (drafted before approvals carried their time) allow the change's whole approval
     window; a version 2 document needs every approval's time. A problem with the approval times
     is returned as a string.
     """
-    needed = rules.required_for(change.action) - 1
-    if needed <= 0:
-        return change.requested_at + DRAFT_WINDOW
     times = [e.signed_time for e in signed.endorsements if e.role == "approve"]
-    approved = sorted(t for t in times if t is not None)
+    if not times:
+        return change.requested_at + DRAFT_WINDOW
+    approved = [t for t in times if t is not None]
     if len(approved) < len(times):
         if change.format_version >= 2:
             return f"an approval of change {change.change_id} carries no signing time"
@@ -460,4 +463,4 @@ def _latest_application(
     window_end = change.requested_at + rules.change_ttl + CLOCK_SKEW
     if any(not window_start <= t <= window_end for t in approved):
         return f"an approval of change {change.change_id} is dated outside its approval window"
-    return approved[needed - 1] + CLOCK_SKEW + APPLY_MARGIN
+    return max(approved) + CLOCK_SKEW + APPLY_MARGIN
