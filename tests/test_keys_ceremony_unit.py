@@ -451,11 +451,18 @@ def test_refusals_change_nothing() -> None:
     assert app.store.load_all(RecordKind.CHANGE) == {}
 
 
+def _rewrite(app: Appliance, key_id: str, **changes: Any) -> None:
+    """Write ``key_id``'s record, as ``app`` last verified it, back to the store with
+    ``changes``: what a holder of the PIN alone can do to the records."""
+    stored = app.store.load_all(RecordKind.KEY)[key_id]
+    record = replace(app.registry.key(key_id).record, **changes)
+    app.store.put(RecordKind.KEY, key_id, stored.generation, record.to_cbor())
+
+
 def test_a_signed_activation_cannot_be_moved_later_to_bring_an_old_key_back() -> None:
     """With only the PIN, re-timing an old key's signed activation would make it the newest
     activation again and take over signing. A daemon that verified the record refuses any
-    re-timing; one that first sees it refuses a time beyond what the change allowed (its
-    approval window plus two refreshes' notice)."""
+    re-timing; one that first sees it refuses a time beyond what the change allowed."""
     app = make()
     old = app.ready_key("old")
     app.activate_now(old)
@@ -463,15 +470,11 @@ def test_a_signed_activation_cannot_be_moved_later_to_bring_an_old_key_back() ->
     app.request("activate", new)
     app.clock.now = T0 + timedelta(minutes=1)
     assert app.registry.signing_key(PROFILE).key_id == new
-    stored = app.store.load_all(RecordKind.KEY)[old]
-    record = app.registry.key(old).record
-    retimed = replace(record, activate_at=app.clock.now)
-    app.store.put(RecordKind.KEY, old, stored.generation, retimed.to_cbor())
+    _rewrite(app, old, activate_at=app.clock.now)
     app.registry.refresh()
     assert "moves the key's activation time" in app.rejected[-1][1]
     assert app.registry.signing_key(PROFILE).key_id == new
-    later = replace(record, activate_at=T0 + timedelta(days=2))
-    app.store.put(RecordKind.KEY, old, stored.generation + 1, later.to_cbor())
+    _rewrite(app, old, activate_at=T0 + timedelta(days=2))
     newcomer = sibling(app)
     assert "activates later than change" in newcomer.rejected[-1][1]
     assert newcomer.registry.signing_key(PROFILE).key_id == new
@@ -491,10 +494,7 @@ def test_an_approved_activation_is_bound_to_its_signed_approval_time() -> None:
     app.activate_now(new)
     app.clock.now = T0 + timedelta(minutes=11)
     assert app.registry.signing_key(PROFILE).key_id == new
-    stored = app.store.load_all(RecordKind.KEY)[old]
-    record = app.registry.key(old).record
-    retimed = replace(record, activate_at=app.clock.now)
-    app.store.put(RecordKind.KEY, old, stored.generation, retimed.to_cbor())
+    _rewrite(app, old, activate_at=app.clock.now)
     newcomer = sibling(app)
     assert "activates later than change" in newcomer.rejected[-1][1]
     assert newcomer.registry.signing_key(PROFILE).key_id == new
@@ -540,14 +540,6 @@ def test_an_approval_signed_by_a_clock_a_minute_behind_still_verifies_everywhere
     assert newcomer.registry.signing_key(PROFILE).key_id == key_id
 
 
-def _reauthorise(app: Appliance, key_id: str, change: SignedChange) -> None:
-    """Store ``key_id``'s record again with ``change`` as its authority (what a PIN holder who
-    holds these officer signatures could write)."""
-    stored = app.store.load_all(RecordKind.KEY)[key_id]
-    record = replace(app.registry.key(key_id).record, authority=change.encode())
-    app.store.put(RecordKind.KEY, key_id, stored.generation, record.to_cbor())
-
-
 def test_approval_times_are_required_by_new_documents_and_optional_for_old_ones() -> None:
     """Documents drafted since approvals carry their time (format 2) need it in every
     approval, so an approval without one cannot stand in to widen the bound; a format 1
@@ -558,14 +550,18 @@ def test_approval_times_are_required_by_new_documents_and_optional_for_old_ones(
     signed = SignedChange.decode(app.registry.key(key_id).record.authority or b"")
     document = signed.change
     untimed = endorse("bob", "approve", signed.document)
-    _reauthorise(app, key_id, SignedChange(signed.document, (signed.endorsements[0], untimed)))
+    _rewrite(
+        app,
+        key_id,
+        authority=SignedChange(signed.document, (signed.endorsements[0], untimed)).encode(),
+    )
     newcomer = sibling(app)
     assert "carries no signing time" in newcomer.rejected[-1][1]
     assert newcomer.registry.signing_view(PROFILE).active is None
 
     old = replace(document, format_version=1).encode()
     legacy = SignedChange(old, (endorse("alice", "request", old), endorse("bob", "approve", old)))
-    _reauthorise(app, key_id, legacy)
+    _rewrite(app, key_id, authority=legacy.encode())
     veteran = sibling(app)
     assert veteran.rejected == []
     assert veteran.registry.signing_key(PROFILE).key_id == key_id
