@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import math
 import multiprocessing
 import os
@@ -40,6 +39,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from throughput import _client  # noqa: E402
 
 from signer.config import HsmSettings, load  # noqa: E402
 from signer.hsm.pooled import pooled_token  # noqa: E402
@@ -47,44 +49,7 @@ from signer.sigformat import SignatureEncoding  # noqa: E402
 from tests.conftest import Appliance, new_appliance, render_toml  # noqa: E402
 from tests.hsm_modules import P11KitServer, p11kit_client_module  # noqa: E402
 
-BATCH = 1000
-PROFILE = "vaccination"
 CALLS_SIGNATURES = 1000
-
-
-def _client(address: str, threads: int, seconds: float, start: float, out: Any) -> None:
-    import threading
-
-    import grpc
-
-    from signer.v1 import signing_pb2, signing_pb2_grpc
-
-    limit = 64 * 1024 * 1024
-    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", limit)])
-    stub = signing_pb2_grpc.SigningStub(channel)
-    kid = stub.GetSigningKey(signing_pb2.GetSigningKeyRequest(profile=PROFILE)).kid
-    request = signing_pb2.SignBatchRequest(
-        profile=PROFILE,
-        kid=kid,
-        digests=[hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(BATCH)],
-    )
-    counts = [0] * threads
-    finished = [start] * threads
-
-    def run(n: int) -> None:
-        while time.time() < start:
-            time.sleep(0.001)
-        while time.time() < start + seconds:
-            counts[n] += len(stub.SignBatch(request, timeout=300).signatures)
-            finished[n] = time.time()
-
-    pool = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    channel.close()
-    out.put((sum(counts), max(finished) - start))
 
 
 def throughput(appliance: Appliance, clients: int, threads: int, seconds: float) -> float:
@@ -95,7 +60,7 @@ def throughput(appliance: Appliance, clients: int, threads: int, seconds: float)
     queue = ctx.Queue()
     start = time.time() + 2.0
     procs = [
-        ctx.Process(target=_client, args=(appliance.address, threads, seconds, start, queue))
+        ctx.Process(target=_client, args=(appliance.address, threads, seconds, start, queue, 300))
         for _ in range(clients)
     ]
     for proc in procs:

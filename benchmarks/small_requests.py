@@ -41,7 +41,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,37 +67,17 @@ class Identity:
 
 
 def identity(appliance: Appliance, name: str) -> Identity:
-    """A dev identity made by dev-setup (``issuer``) or a new one from the dev client CA."""
+    """A dev identity made by dev-setup (``issuer``) or a new ``CN=name`` one from the dev
+    client CA."""
     assert appliance.tls_dir is not None
     tls = appliance.tls_dir
-    ca = (tls / "ca.pem").read_bytes()
-    if (tls / f"{name}.pem").exists():
-        return Identity(ca, (tls / f"{name}.pem").read_bytes(), (tls / f"{name}.key").read_bytes())
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_cert = x509.load_pem_x509_certificate(ca)
-    ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    if not (tls / f"{name}.pem").exists():
+        appliance.issue_client_certificate(name)
+    return Identity(
+        (tls / "ca.pem").read_bytes(),
+        (tls / f"{name}.pem").read_bytes(),
+        (tls / f"{name}.key").read_bytes(),
     )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return Identity(ca, cert.public_bytes(serialization.Encoding.PEM), pem)
 
 
 def _client(

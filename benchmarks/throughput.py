@@ -84,7 +84,11 @@ def raw_ceiling(appliance: Appliance, processes: int, seconds: float) -> float:
     return total / seconds
 
 
-def _client(address: str, threads: int, seconds: float, start: float, out: object) -> None:
+def _client(
+    address: str, threads: int, seconds: float, start: float, out: object, timeout: float = 60
+) -> None:
+    """One client process: ``threads`` threads sending batches of BATCH digests from ``start``
+    for ``seconds``; puts (signatures received, seconds until the last answer)."""
     import threading
 
     import grpc
@@ -101,13 +105,14 @@ def _client(address: str, threads: int, seconds: float, start: float, out: objec
         digests=[hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(BATCH)],
     )
     counts = [0] * threads
+    finished = [start] * threads
 
     def run(n: int) -> None:
         while time.time() < start:
             time.sleep(0.001)
         while time.time() < start + seconds:
-            reply = stub.SignBatch(request, timeout=60)
-            counts[n] += len(reply.signatures)
+            counts[n] += len(stub.SignBatch(request, timeout=timeout).signatures)
+            finished[n] = time.time()
 
     pool = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
     for t in pool:
@@ -115,7 +120,7 @@ def _client(address: str, threads: int, seconds: float, start: float, out: objec
     for t in pool:
         t.join()
     channel.close()
-    out.put(sum(counts))  # type: ignore[attr-defined]
+    out.put((sum(counts), max(finished) - start))  # type: ignore[attr-defined]
 
 
 def daemon_throughput(appliance: Appliance, clients: int, threads: int, seconds: float) -> float:
@@ -128,7 +133,7 @@ def daemon_throughput(appliance: Appliance, clients: int, threads: int, seconds:
     ]
     for p in procs:
         p.start()
-    total = sum(queue.get(timeout=seconds + 120) for _ in procs)
+    total = sum(queue.get(timeout=seconds + 120)[0] for _ in procs)
     for p in procs:
         p.join()
     return total / seconds

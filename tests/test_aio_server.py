@@ -17,15 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.audit.query import iter_records
@@ -325,35 +322,6 @@ def test_a_caller_that_disconnects_is_audited_but_not_counted_as_served(
 # -- idle streams ---------------------------------------------------------------------------------
 
 
-def _issuer_certificate(appliance: Appliance, name: str) -> grpc.ChannelCredentials:
-    """A client certificate for ``CN=name`` from the appliance's dev client CA."""
-    assert appliance.tls_dir is not None
-    tls = appliance.tls_dir
-    ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return grpc.ssl_channel_credentials(
-        root_certificates=(tls / "ca.pem").read_bytes(),
-        private_key=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
-    )
-
-
 IDLE_SECONDS = 15
 """The idle limit of the flood test: it only has to outlast the few local calls the test makes
 while the flood is open; then the daemon ends every idle stream by itself."""
@@ -375,7 +343,8 @@ def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAp
     )
     key = appliance.signing_key()
     verify = verifier(appliance)
-    second = _issuer_certificate(appliance, "second")
+    appliance.issue_client_certificate("second")
+    second = appliance.credentials("second")
     options = [("grpc.ssl_target_name_override", "localhost")]
 
     def open_streams() -> float:

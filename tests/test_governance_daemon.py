@@ -16,10 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from signer.client.officer import OfficerCredential, OfficerSession
 from signer.config import load
@@ -60,37 +56,6 @@ def ready(app: Appliance, label: str, folder: Path) -> str:
     return str(reply.key.key_id)
 
 
-def spare_certificate(app: Appliance, common_name: str) -> str:
-    """A second client certificate from the dev CA (the person's laptop); returns its name."""
-    tls = app.home / "tls"
-    ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
-    ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())
-    )
-    (tls / f"{common_name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = tls / f"{common_name}.key"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return common_name
-
-
 def code_of(call: object) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
         call()  # type: ignore[operator]
@@ -119,7 +84,7 @@ def test_one_person_with_two_certificates_cannot_approve_alone(
     app = make_appliance(
         {**TWO, "officers": {"alice": ["CN=officer", "CN=alice-laptop"]}}, mtls=True, start=False
     )
-    spare_certificate(app, "alice-laptop")
+    app.issue_client_certificate("alice-laptop")
     app.start()
     key_id = ready(app, "two-certs", tmp_path)
     before = key_set(app)

@@ -21,10 +21,6 @@ from pathlib import Path
 import cbor2
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from signer.audit.segments import list_segments
 from signer.dcc.base45 import b45decode
@@ -33,37 +29,6 @@ from signer.v1 import audit_pb2, audit_pb2_grpc
 from tests.conftest import Appliance, MakeAppliance
 
 RECORDS = "examples/records-vn.jsonl"
-
-
-def second_identity(appliance: Appliance, name: str) -> tuple[Path, Path]:
-    """A client certificate ``CN=name`` from the dev client CA, written as PEM files."""
-    assert appliance.tls_dir is not None
-    tls = appliance.tls_dir
-    ca_cert = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    cert_path, key_path = appliance.home / f"{name}.pem", appliance.home / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def signature_hash(hc1: str) -> str:
@@ -88,7 +53,7 @@ def appliance(make_appliance: MakeAppliance) -> Appliance:
 
 def test_revocation_batches_from_a_real_audit_log(appliance: Appliance, tmp_path: Path) -> None:
     config = ["--config", str(appliance.config_path)]
-    cert, key = second_identity(appliance, "issuer2")
+    cert, key = appliance.issue_client_certificate("issuer2")
     assert appliance.tls_dir is not None
     as_issuer2 = [
         "--target", appliance.address, "--server-name", "localhost",
