@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from grpc_floor import run as run_floor  # noqa: E402
 from throughput import frozen, raw_ceiling  # noqa: E402
 
+from tests.client_certs import client_certificate_files  # noqa: E402
 from tests.conftest import Appliance, free_port, new_appliance  # noqa: E402
 
 PROFILE = "vaccination"
@@ -72,7 +73,7 @@ def identity(appliance: Appliance, name: str) -> Identity:
     assert appliance.tls_dir is not None
     tls = appliance.tls_dir
     if not (tls / f"{name}.pem").exists():
-        appliance.issue_client_certificate(name)
+        client_certificate_files(appliance, name)
     return Identity(
         (tls / "ca.pem").read_bytes(),
         (tls / f"{name}.pem").read_bytes(),

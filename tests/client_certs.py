@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -76,3 +78,19 @@ def client_certificate(
         certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
     )
     return ClientCert(credentials, cert.public_bytes(serialization.Encoding.DER), key_pem)
+
+
+def client_certificate_files(appliance: Appliance, common_name: str) -> tuple[Path, Path]:
+    """:func:`client_certificate` for ``CN=common_name``, written as ``NAME.pem`` and
+    ``NAME.key`` (mode 600) beside the dev identities, so that ``appliance.credentials(NAME)``
+    and clients given file paths find it; returns the two paths."""
+    assert appliance.tls_dir is not None
+    made = client_certificate(appliance, common_name)
+    cert_path = appliance.tls_dir / f"{common_name}.pem"
+    key_path = appliance.tls_dir / f"{common_name}.key"
+    certificate = x509.load_der_x509_certificate(made.der)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(made.key_pem)
+    return cert_path, key_path

@@ -223,46 +223,6 @@ class Appliance:
         cert = self.config["server"].get("tls", {}).get("cert")
         return Path(cert).parent if cert else None
 
-    def issue_client_certificate(self, name: str) -> tuple[Path, Path]:
-        """A client certificate with only ``CN=name`` from the appliance's dev client CA (no
-        SAN, unlike the dev identities), written as ``name.pem``/``name.key`` beside them so
-        :meth:`credentials` finds it; returns the two paths."""
-        from datetime import UTC, datetime, timedelta
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        assert self.tls_dir is not None
-        tls = self.tls_dir
-        ca = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
-        ca_key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-            .sign(ca_key, hashes.SHA256())
-        )
-        cert_path, key_path = tls / f"{name}.pem", tls / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        return cert_path, key_path
-
     def credentials(self, identity: str) -> grpc.ChannelCredentials:
         """Client mTLS credentials of one of the dev identities (issuer, officer, ...)."""
         assert self.tls_dir is not None

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.audit.query import iter_records
 from signer.v1 import signing_pb2, signing_pb2_grpc
+from tests.client_certs import client_certificate
 from tests.conftest import Appliance, MakeAppliance, metric_value
 
 PROFILE = "vaccination"
@@ -343,8 +344,7 @@ def test_idle_streams_of_one_identity_do_not_stop_another(make_appliance: MakeAp
     )
     key = appliance.signing_key()
     verify = verifier(appliance)
-    appliance.issue_client_certificate("second")
-    second = appliance.credentials("second")
+    second = client_certificate(appliance, "second").credentials
     options = [("grpc.ssl_target_name_override", "localhost")]
 
     def open_streams() -> float:

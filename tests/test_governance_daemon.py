@@ -24,6 +24,7 @@ from signer.keys.lifecycle import KeyRecord, KeyState
 from signer.store.api import RecordKind
 from signer.store.select import open_store
 from signer.v1 import key_admin_pb2
+from tests.client_certs import client_certificate_files
 from tests.conftest import Appliance, MakeAppliance, metric_value, mtls_overrides
 from tests.test_hsm_keys import own_session
 from tests.test_key_ceremony import dev_cert, digests, key_set, sign
@@ -84,7 +85,7 @@ def test_one_person_with_two_certificates_cannot_approve_alone(
     app = make_appliance(
         {**TWO, "officers": {"alice": ["CN=officer", "CN=alice-laptop"]}}, mtls=True, start=False
     )
-    app.issue_client_certificate("alice-laptop")
+    client_certificate_files(app, "alice-laptop")
     app.start()
     key_id = ready(app, "two-certs", tmp_path)
     before = key_set(app)

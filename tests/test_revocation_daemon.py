@@ -26,6 +26,7 @@ from signer.audit.segments import list_segments
 from signer.dcc.base45 import b45decode
 from signer.dcc.trust import TrustStore
 from signer.v1 import audit_pb2, audit_pb2_grpc
+from tests.client_certs import client_certificate_files
 from tests.conftest import Appliance, MakeAppliance
 
 RECORDS = "examples/records-vn.jsonl"
@@ -53,7 +54,7 @@ def appliance(make_appliance: MakeAppliance) -> Appliance:
 
 def test_revocation_batches_from_a_real_audit_log(appliance: Appliance, tmp_path: Path) -> None:
     config = ["--config", str(appliance.config_path)]
-    cert, key = appliance.issue_client_certificate("issuer2")
+    cert, key = client_certificate_files(appliance, "issuer2")
     assert appliance.tls_dir is not None
     as_issuer2 = [
         "--target", appliance.address, "--server-name", "localhost",
